@@ -1,0 +1,42 @@
+"""softmax forward on the CPU: softxent's NumPy layer beside scipy.special.softmax and torch.softmax."""
+
+import numpy as np
+
+from harness import Unavailable, main
+
+CASES = {"4096x32000-float32": {"rows": 4096, "classes": 32000, "dtype": "float32"}}
+QUICK = {"256x1000-float32": {"rows": 256, "classes": 1000, "dtype": "float32"}}
+
+
+def _scores(case):
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((case["rows"], case["classes"]), dtype=np.float32) * 3).astype(case["dtype"])
+
+
+def make_softxent(case, device):
+    import softxent as sx
+
+    x = _scores(case)
+    return lambda: sx.softmax(x)
+
+
+def make_scipy(case, device):
+    try:
+        from scipy.special import softmax
+    except ImportError:
+        raise Unavailable("scipy not installed") from None
+    x = _scores(case)
+    return lambda: softmax(x, axis=-1)
+
+
+def make_torch(case, device):
+    try:
+        import torch
+    except ImportError:
+        raise Unavailable("torch not installed") from None
+    x = torch.from_numpy(_scores(case))
+    return lambda: torch.softmax(x, dim=-1)
+
+
+if __name__ == "__main__":
+    main("numpy_softmax", CASES, QUICK, {"softxent": make_softxent, "scipy": make_scipy, "torch": make_torch})
