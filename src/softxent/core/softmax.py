@@ -128,7 +128,7 @@ def softmax_grad(probs: Any, grad: Any, axis: Any = -1) -> np.ndarray:
         >>> import softxent as sx
         >>> p = sx.softmax([1.0, 2.0, 3.0])
         >>> sx.softmax_grad(p, [0.0, 0.0, 1.0]).round(4)   # d p_3 / dx
-        array([-0.06  , -0.1628,  0.2227])
+        array([-0.0599, -0.1628,  0.2227])
     """
     probs, grad, axes = _pair(probs, grad, axis, "probs")
     dot = np.sum(probs * grad, axis=axes, keepdims=True, dtype=np.float64)
