@@ -9,8 +9,8 @@ Cut Cross-Entropy, Wijmans et al. 2024, which trades a second matmul for never s
 Memory beyond inputs and outputs: one chunk of logits, plus, for a 16-bit weight with float32
 accumulation (the default), a (V, D) float32 accumulator that lives for the whole call: each chunk's
 product is added into it by one GEMM with a float32 output (``torch.addmm(..., out_dtype=float32)``,
-cuBLAS accumulating in float32) or, where that overload is missing, in slices of V whose bf16 product is
-a fraction of a chunk. No (V, D) float32 temporary per chunk. With ``weight_grad_fp32=False`` the GEMM
+cuBLAS accumulating in float32) or, where that overload is missing (the CPU, older torch), in slices of V
+whose float32 product is a fraction of a chunk. No (V, D) float32 temporary per chunk. With ``weight_grad_fp32=False`` the GEMM
 accumulates straight into the weight's dtype (one rounding per chunk, no accumulator).
 """
 
@@ -54,9 +54,11 @@ def _accumulate_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slice_
             if kind in _FP32_ADDMM:  # it worked before: this is a real error
                 raise
             _FP32_ADDMM[kind] = False
+    # fallback: the product of a slice of V in float32 (a 16-bit product would round every chunk's share)
+    b32 = b.float()
     for lo in range(0, acc.shape[0], slice_rows):
         hi = min(lo + slice_rows, acc.shape[0])
-        acc[lo:hi] += torch.mm(a[lo:hi], b)
+        acc[lo:hi].addmm_(a[lo:hi].float(), b32)
 
 
 def linear_cross_entropy_forward(x: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,
