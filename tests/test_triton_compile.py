@@ -9,8 +9,10 @@ What a CPU run cannot show, the compiled kernels on a GPU, is in docs/gpu-measur
 import os
 import shutil
 
-# Before triton decorates the kernels, so they run on CPU tensors; it stays set (see test_triton_cross_entropy)
-os.environ["TRITON_INTERPRET"] = "1"
+DEVICE = os.environ.get("SOFTXENT_TEST_DEVICE", "cpu")  # "cuda": compiled kernels on a GPU
+if DEVICE == "cpu":
+    # Before triton decorates the kernels, so they run on CPU tensors; it stays set (see test_triton_cross_entropy)
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
 
@@ -22,8 +24,10 @@ from softxent._options import LossOptions  # noqa: E402
 from softxent.torch.triton import configured  # noqa: E402
 
 pytestmark = [
-    pytest.mark.skipif(not sxtt.interpreted(), reason="softxent.torch.triton was imported before "
-                       "TRITON_INTERPRET=1 was set, so its kernels were compiled for a GPU"),
+    pytest.mark.skipif(DEVICE == "cpu" and not sxtt.interpreted(), reason="softxent.torch.triton was imported "
+                       "before TRITON_INTERPRET=1 was set, so its kernels were compiled for a GPU"),
+    pytest.mark.skipif(DEVICE != "cpu" and (sxtt.interpreted() or not torch.cuda.is_available()),
+                       reason=f"SOFTXENT_TEST_DEVICE={DEVICE} needs a CUDA device and TRITON_INTERPRET unset"),
     pytest.mark.filterwarnings("ignore::RuntimeWarning"),
 ]
 
@@ -32,7 +36,7 @@ ops = torch.ops.softxent_triton
 
 def _problem(rows=3, classes=7):
     g = torch.Generator().manual_seed(0)
-    return torch.randn(rows, classes, generator=g), torch.tensor([1, -100, 6])[:rows]
+    return torch.randn(rows, classes, generator=g).to(DEVICE), torch.tensor([1, -100, 6])[:rows].to(DEVICE)
 
 
 # --- torch.library.opcheck: schema, fake implementation, AOT dispatch ----------------------------------------
@@ -42,8 +46,8 @@ OPCHECK_TESTS = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
 
 def test_opcheck_cross_entropy_ops():
     logits, target = _problem()
-    scale = torch.tensor(0.5)
-    args = (target, torch.rand(7) + 0.5, scale, 1.0, -100, 0.1, 1e-2, 4.0, 1.5, True)
+    scale = torch.tensor(0.5, device=DEVICE)
+    args = (target, torch.rand(7, device=DEVICE) + 0.5, scale, 1.0, -100, 0.1, 1e-2, 4.0, 1.5, True)
     torch.library.opcheck(ops.cross_entropy, (logits, *args, torch.empty_like(logits)), test_utils=OPCHECK_TESTS)
     torch.library.opcheck(ops.cross_entropy, (logits, *args, None), test_utils=OPCHECK_TESTS)
     torch.library.opcheck(ops.cross_entropy_inplace, (logits.clone(), *args), test_utils=OPCHECK_TESTS)
@@ -54,16 +58,16 @@ def test_opcheck_cross_entropy_ops():
 
 def test_opcheck_softmax_ops():
     x, _ = _problem()
-    where = torch.rand(3, 7) > 0.2
+    where = torch.rand(3, 7, device=DEVICE) > 0.2
     torch.library.opcheck(ops.softmax, (x, 0.8, where, True), test_utils=OPCHECK_TESTS)
     torch.library.opcheck(ops.softmax, (x, 1.0, None, False), test_utils=OPCHECK_TESTS)
     y = torch.softmax(x, dim=1)
-    torch.library.opcheck(ops.softmax_backward, (y, torch.randn(3, 7), 1.0, None, False), test_utils=OPCHECK_TESTS)
+    torch.library.opcheck(ops.softmax_backward, (y, torch.randn_like(y), 1.0, None, False), test_utils=OPCHECK_TESTS)
 
 
 def test_opcheck_linear_cross_entropy_op():
-    x, w, b = torch.randn(3, 4), torch.randn(7, 4), torch.randn(7)
-    target = torch.tensor([1, -100, 6])
+    x, w, b = (torch.randn(*shape, device=DEVICE) for shape in ((3, 4), (7, 4), (7,)))
+    target = torch.tensor([1, -100, 6], device=DEVICE)
     for need_grad in (True, False):
         torch.library.opcheck(ops.linear_cross_entropy,
                               (x, w, target, b, None, None, 1.0, -100, 0.0, 0.0, None, 1.0, True, need_grad, 2, True),
@@ -72,7 +76,8 @@ def test_opcheck_linear_cross_entropy_op():
 
 # --- torch.compile -----------------------------------------------------------------------------------------------
 
-BACKENDS = ["aot_eager"] + (["inductor"] if shutil.which("cc") or shutil.which("g++") else [])
+# inductor on the CPU needs a C++ compiler for the code around the opaque ops
+BACKENDS = ["aot_eager"] + (["inductor"] if DEVICE != "cpu" or shutil.which("cc") or shutil.which("g++") else [])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -100,7 +105,7 @@ def test_compiled_cross_entropy_matches_eager(backend):
 
 def test_compiled_softmax_and_linear_cross_entropy_match_eager():
     x, target = _problem()
-    w, b = torch.randn(7, 7), torch.randn(7)
+    w, b = torch.randn(7, 7, device=DEVICE), torch.randn(7, device=DEVICE)
 
     def fn(x, target):
         y = sxtt.log_softmax_rows(x, temperature=0.9)

@@ -10,9 +10,12 @@ program_columns=1024 forces the split path (5 chunks combined by log-sum-exp in 
 
 import os
 
-# Before triton decorates the kernels, so they run on CPU tensors. It stays set: triton reads it again at
-# launch (and when it lazily imports parts of itself); nothing else in the suite runs Triton on the CPU.
-os.environ["TRITON_INTERPRET"] = "1"
+# SOFTXENT_TEST_DEVICE=cuda runs the same tests on a GPU with compiled kernels (docs/gpu-measurements.md).
+DEVICE = os.environ.get("SOFTXENT_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    # Before triton decorates the kernels, so they run on CPU tensors. It stays set: triton reads it again at
+    # launch (and when it lazily imports parts of itself); nothing else in the suite runs Triton on the CPU.
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -29,8 +32,10 @@ from softxent.torch.triton._config import plan_rows  # noqa: E402
 from compare import assert_close  # noqa: E402
 
 pytestmark = [
-    pytest.mark.skipif(not sxtt.interpreted(), reason="softxent.torch.triton was imported before "
-                       "TRITON_INTERPRET=1 was set, so its kernels were compiled for a GPU"),
+    pytest.mark.skipif(DEVICE == "cpu" and not sxtt.interpreted(), reason="softxent.torch.triton was imported "
+                       "before TRITON_INTERPRET=1 was set, so its kernels were compiled for a GPU"),
+    pytest.mark.skipif(DEVICE != "cpu" and (sxtt.interpreted() or not torch.cuda.is_available()),
+                       reason=f"SOFTXENT_TEST_DEVICE={DEVICE} needs a CUDA device and TRITON_INTERPRET unset"),
     # inf - inf and 0 * inf in branches a tl.where then discards: harmless, but NumPy warns in the interpreter
     pytest.mark.filterwarnings("ignore::RuntimeWarning"),
 ]
@@ -73,13 +78,17 @@ def make_problem(rows, classes, kind, options, dtype=torch.float32, seed=0):
         target = target / target.sum(dim=1, keepdim=True).clamp_min(1e-30)
     loss_options = LossOptions(**options)
     numpy_kwargs = dict(options, weight=None if weight is None else weight.double().numpy())
-    return logits, target, weight, loss_options, numpy_kwargs
+    return logits.to(DEVICE), target.to(DEVICE), on_device(weight), loss_options, numpy_kwargs
+
+
+def on_device(t):
+    return None if t is None else t.to(DEVICE)
 
 
 def numpy_reference(logits, target, numpy_kwargs):
     """Per-row losses and d(sum of losses)/d(logits) from the NumPy layer in float64."""
-    x = logits.double().numpy()
-    t = target.numpy() if not target.is_floating_point() else target.double().numpy()
+    x = logits.double().cpu().numpy()
+    t = target.cpu().numpy() if not target.is_floating_point() else target.double().cpu().numpy()
     losses, grad = sx.cross_entropy(x, t, reduction="none", return_grad=True, **numpy_kwargs)
     return losses, grad
 
@@ -159,6 +168,27 @@ def test_rows_split_to_fill_the_device():
     check_against_numpy(logits, target, weight, opts, kw, config=config)
 
 
+@pytest.mark.skipif(DEVICE == "cpu", reason="real vocabularies take minutes in the interpreter")
+@pytest.mark.parametrize("classes", [32000, 50257, 128256, 300000])  # 300000: split with the default config
+def test_real_vocabularies_match_torch(classes):
+    """bfloat16 logits at LLM vocabulary sizes, default launch configuration, against torch in float32."""
+    g = torch.Generator().manual_seed(0)
+    logits = on_device((torch.randn(64, classes, generator=g) * 4).bfloat16())
+    target = on_device(torch.randint(0, classes, (64,), generator=g))
+    target[3] = -100
+    weight = on_device(torch.rand(classes, generator=g) + 0.5)
+    options = LossOptions(label_smoothing=0.1)
+    scale = sxtt.mean_scale(target, weight, -100, classes)
+    grad = torch.empty_like(logits)
+    losses, lse = sxtt.cross_entropy_rows(logits, target, weight, options, grad_scale=scale, grad_out=grad)
+    x = logits.float().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(x, target, weight=weight, label_smoothing=0.1)
+    ref.backward()
+    assert_close(losses.sum() * scale, ref, dtype="float32", scale=50, what="mean loss")
+    assert_close(lse, torch.logsumexp(x.detach(), dim=1), dtype="float32", scale=10, what="lse")
+    assert_close(grad, x.grad, dtype="bfloat16", what="gradient")
+
+
 def test_matches_torch_functional():
     """A second oracle: torch's own cross_entropy and autograd in float64 (weights, smoothing, ignore)."""
     logits, target, weight, opts, _ = make_problem(4, 423, "index", {"weight": True, "label_smoothing": 0.15})
@@ -170,7 +200,7 @@ def test_matches_torch_functional():
     assert_close(losses, ref, dtype="float32", scale=4, what="losses")
     assert_close(grad, x.grad, what="gradient", scale=4)
 
-    probs = torch.softmax(torch.randn(4, 423, dtype=torch.float64), dim=1).float()
+    probs = torch.softmax(torch.randn(4, 423, dtype=torch.float64), dim=1).float().to(DEVICE)
     losses, _, grad = run(logits, probs, None, LossOptions(), grad_scale=1.0)
     x.grad = None
     ref = torch.nn.functional.cross_entropy(x, probs.double(), reduction="none")
@@ -214,8 +244,8 @@ def test_nan_logit_poisons_only_its_row():
 
 def test_dominant_target_loss_is_exact():
     """loss = (m - z_t) + log1p(rest): 1e-10 is not lost to 1 + tiny rounding to 1 in float32."""
-    logits = torch.tensor([[30.0, 7.0, 5.0], [0.0, 0.0, 0.0]])
-    losses, _, _ = run(logits, torch.tensor([0, 1]), None, LossOptions(), grad=False)
+    logits = on_device(torch.tensor([[30.0, 7.0, 5.0], [0.0, 0.0, 0.0]]))
+    losses, _, _ = run(logits, on_device(torch.tensor([0, 1])), None, LossOptions(), grad=False)
     exact = np.log1p(np.exp(-23.0) + np.exp(-25.0))  # about 1.1e-10
     assert abs(losses[0].item() - exact) <= 2e-7 * exact
     assert abs(losses[1].item() - np.log(3.0)) <= 2e-7
@@ -237,10 +267,10 @@ def test_in_place_gradient_equals_separate_buffer():
 
 def test_strided_inputs_and_outputs():
     """Row-strided logits and targets (slices of wider tensors) and a transposed gradient buffer."""
-    wide = torch.randn(3, 500) * 3
+    wide = on_device(torch.randn(3, 500) * 3)
     logits = wide[:, 10:433]  # row stride 500, unit column stride: read in place
-    target = torch.tensor([[4], [-100], [400]])[:, 0]  # stride 1 view of a column
-    grad_out = torch.empty(423, 3).T  # column stride 3: written through a copy
+    target = on_device(torch.tensor([[4], [-100], [400]]))[:, 0]  # stride 1 view of a column
+    grad_out = on_device(torch.empty(423, 3)).T  # column stride 3: written through a copy
     with configured(**SMALL):
         losses, _ = sxtt.cross_entropy_rows(logits, target, None, LossOptions(), grad_scale=0.75, grad_out=grad_out)
     ref_losses, ref_grad = numpy_reference(logits, target, {})
@@ -260,23 +290,24 @@ def test_tensor_grad_scale_and_no_gradient():
     losses, lse, grad = run(logits, target.to(torch.int32), weight, opts, grad=False)
     assert grad is None
     assert_close(losses, ref_losses, dtype="float32", scale=4)
-    mean, mean_grad = sx.cross_entropy(logits.double().numpy(), target.numpy(), weight=kw["weight"],
+    mean, mean_grad = sx.cross_entropy(logits.double().cpu().numpy(), target.cpu().numpy(), weight=kw["weight"],
                                        return_grad=True)
     assert abs(float(losses.double().sum() * scale) - mean) <= 1e-6 * abs(mean)
 
 
 def test_mean_scale_when_everything_is_ignored():
-    target = torch.full((4,), -100)
+    target = on_device(torch.full((4,), -100))
     assert float(sxtt.mean_scale(target, None, -100, 5)) == 0.0
-    assert float(sxtt.mean_scale(target, torch.ones(5), -100, 5)) == 0.0
-    assert float(sxtt.mean_scale(torch.zeros(4, 5), None, -100, 5)) == 0.25
+    assert float(sxtt.mean_scale(target, on_device(torch.ones(5)), -100, 5)) == 0.0
+    assert float(sxtt.mean_scale(on_device(torch.zeros(4, 5)), None, -100, 5)) == 0.25
 
 
 def test_empty_batch_and_no_classes():
-    losses, lse, grad = run(torch.empty(0, 7), torch.empty(0, dtype=torch.int64), None, LossOptions())
+    losses, lse, grad = run(on_device(torch.empty(0, 7)), on_device(torch.empty(0, dtype=torch.int64)), None,
+                            LossOptions())
     assert losses.shape == (0,) and lse.shape == (0,) and grad.shape == (0, 7)
-    losses, lse, _ = run(torch.empty(2, 0), torch.full((2,), -100), None, LossOptions())
-    assert torch.equal(losses, torch.zeros(2)) and torch.all(lse == float("-inf"))
+    losses, lse, _ = run(on_device(torch.empty(2, 0)), on_device(torch.full((2,), -100)), None, LossOptions())
+    assert torch.equal(losses.cpu(), torch.zeros(2)) and torch.all(lse == float("-inf"))
 
 
 # --- bad labels (rule 7) ------------------------------------------------------------------------------------------
@@ -284,10 +315,10 @@ def test_empty_batch_and_no_classes():
 
 @pytest.mark.parametrize("config", [SMALL, SPLIT], ids=["fused", "split"])
 def test_bad_label_raises_naming_it(config):
-    logits = torch.randn(3, 423 if config is SMALL else 4097)
-    target = torch.tensor([1, 423 if config is SMALL else -5, -7])
+    logits = on_device(torch.randn(3, 423 if config is SMALL else 4097))
+    target = on_device(torch.tensor([1, 423 if config is SMALL else -5, -7]))
     bad = int(target[1])
-    for mode in ("sync", "lazy"):  # lazy costs no sync on CPU tensors: it raises in the same call
+    for mode in ("sync", "lazy") if DEVICE == "cpu" else ("sync",):  # lazy is free on CPU: raises at once
         with pytest.raises(ValueError, match=rf"target holds class index {bad} at position \(1\)"):
             with configured(**config):
                 sxtt.cross_entropy_rows(logits, target, None, LossOptions(), label_check=mode)
@@ -297,8 +328,8 @@ def test_bad_label_raises_naming_it(config):
 
 
 def test_bad_label_unchecked_gives_nan_row_never_a_wrap():
-    logits = torch.randn(3, 423)
-    losses, lse, grad = run(logits, torch.tensor([1, 500, -100]), None, LossOptions(), label_check="off")
+    logits = on_device(torch.randn(3, 423))
+    losses, lse, grad = run(logits, on_device(torch.tensor([1, 500, -100])), None, LossOptions(), label_check="off")
     assert torch.isnan(losses[1]) and torch.isnan(grad[1]).all() and torch.isfinite(lse).all()
     assert torch.isfinite(losses[[0, 2]]).all() and torch.isfinite(grad[[0, 2]]).all()
 
@@ -323,7 +354,7 @@ def test_lazy_label_check_raises_at_a_later_call():
         _labels.raise_arrived()  # not arrived yet: nothing happens
         pending.event.done = True
         with pytest.raises(ValueError, match=r"earlier.*class index -3 at position \(7\)"):
-            run(torch.randn(1, 4), torch.tensor([0]), None, LossOptions())  # the next call raises
+            run(on_device(torch.randn(1, 4)), on_device(torch.tensor([0])), None, LossOptions())  # the next call
         assert not _labels._pending
         _labels._pending.append(_labels._Pending(torch.tensor([_labels.NO_BAD]), Event(False), 10, -100, None))
         sxtt.check_labels()  # waits, finds every label fine
@@ -333,16 +364,18 @@ def test_lazy_label_check_raises_at_a_later_call():
 
 
 def test_seam_rejects_wiring_mistakes():
-    logits = torch.randn(2, 5)
+    logits = on_device(torch.randn(2, 5))
     with pytest.raises(ValueError, match="class-index target"):
         sxtt.cross_entropy_rows(logits, torch.zeros(3, dtype=torch.int64), None, LossOptions())
     with pytest.raises(ValueError, match="weight"):
-        sxtt.cross_entropy_rows(logits, torch.zeros(2, dtype=torch.int64), torch.ones(4), LossOptions())
+        sxtt.cross_entropy_rows(logits, on_device(torch.zeros(2, dtype=torch.int64)), on_device(torch.ones(4)),
+                                LossOptions())
     with pytest.raises(ValueError, match="grad_out"):
-        sxtt.cross_entropy_rows(logits, torch.zeros(2, dtype=torch.int64), None, LossOptions(),
-                                grad_out=torch.empty(5, 2))
+        sxtt.cross_entropy_rows(logits, on_device(torch.zeros(2, dtype=torch.int64)), None, LossOptions(),
+                                grad_out=on_device(torch.empty(5, 2)))
     with pytest.raises(ValueError, match="label_check"):
-        sxtt.cross_entropy_rows(logits, torch.zeros(2, dtype=torch.int64), None, LossOptions(), label_check="maybe")
+        sxtt.cross_entropy_rows(logits, on_device(torch.zeros(2, dtype=torch.int64)), None, LossOptions(),
+                                label_check="maybe")
     with pytest.raises(ValueError, match="block"):
         with configured(block=100):
             pass

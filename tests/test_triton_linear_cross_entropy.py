@@ -9,8 +9,10 @@ addmm(out_dtype=float32) path is exercised on the GPU (docs/gpu-measurements.md)
 
 import os
 
-# Before triton decorates the kernels, so they run on CPU tensors; it stays set (see test_triton_cross_entropy)
-os.environ["TRITON_INTERPRET"] = "1"
+DEVICE = os.environ.get("SOFTXENT_TEST_DEVICE", "cpu")  # "cuda": compiled kernels on a GPU
+if DEVICE == "cpu":
+    # Before triton decorates the kernels, so they run on CPU tensors; it stays set (see test_triton_cross_entropy)
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -26,8 +28,10 @@ from softxent.torch.triton import configured  # noqa: E402
 from compare import assert_close  # noqa: E402
 
 pytestmark = [
-    pytest.mark.skipif(not sxtt.interpreted(), reason="softxent.torch.triton was imported before "
-                       "TRITON_INTERPRET=1 was set, so its kernels were compiled for a GPU"),
+    pytest.mark.skipif(DEVICE == "cpu" and not sxtt.interpreted(), reason="softxent.torch.triton was imported "
+                       "before TRITON_INTERPRET=1 was set, so its kernels were compiled for a GPU"),
+    pytest.mark.skipif(DEVICE != "cpu" and (sxtt.interpreted() or not torch.cuda.is_available()),
+                       reason=f"SOFTXENT_TEST_DEVICE={DEVICE} needs a CUDA device and TRITON_INTERPRET unset"),
     pytest.mark.filterwarnings("ignore::RuntimeWarning"),
 ]
 
@@ -44,14 +48,14 @@ def layer(rows=7, features=5, classes=33, dtype=torch.float32, bias=True, kind="
         target[2] = -100
     else:
         target = torch.softmax(torch.randn(rows, classes, generator=g), dim=1)
-    return x, w, b, target
+    return x.to(DEVICE), w.to(DEVICE), None if b is None else b.to(DEVICE), target.to(DEVICE)
 
 
 def numpy_reference(x, w, b, target, options, weight=None):
-    t = target.numpy() if not target.is_floating_point() else target.double().numpy()
+    t = target.cpu().numpy() if not target.is_floating_point() else target.double().cpu().numpy()
     losses, (dx, dw, db) = sx.linear_cross_entropy(
-        x.double().numpy(), w.double().numpy(), t, bias=None if b is None else b.double().numpy(),
-        weight=None if weight is None else weight.double().numpy(), reduction="none", return_grad=True,
+        x.double().cpu().numpy(), w.double().cpu().numpy(), t, bias=None if b is None else b.double().cpu().numpy(),
+        weight=None if weight is None else weight.double().cpu().numpy(), reduction="none", return_grad=True,
         ignore_index=options.ignore_index, label_smoothing=options.label_smoothing, z_loss=options.z_loss,
         softcap=options.softcap)
     return losses, dx, dw, db
@@ -72,7 +76,7 @@ CASES = [
 def test_matches_numpy(dtype, case):
     x, w, b, target = layer(dtype=dtype, bias=case.get("bias", True), kind=case.get("kind", "index"))
     options = LossOptions(**case.get("options", {}))
-    weight = torch.rand(33, generator=torch.Generator().manual_seed(3)) + 0.5 if case.get("weight") else None
+    weight = (torch.rand(33, generator=torch.Generator().manual_seed(3)) + 0.5).to(DEVICE) if case.get("weight") else None
     with configured(**CONFIG):
         losses, lse, dx, dw, db = sxtt.linear_cross_entropy_rows(
             x, w, target, b, weight, options, grad_scale=0.5, chunk_size=case.get("chunk_size", 3),
@@ -111,11 +115,11 @@ def test_float32_accumulation_of_the_weight_gradient():
     from softxent.torch.triton.linear_cross_entropy import _accumulate_fp32
 
     g = torch.Generator().manual_seed(0)
-    parts = [(torch.randn(33, 3, generator=g).bfloat16(), torch.randn(3, 5, generator=g).bfloat16())
+    parts = [(torch.randn(33, 3, generator=g).bfloat16().to(DEVICE), torch.randn(3, 5, generator=g).bfloat16().to(DEVICE))
              for _ in range(64)]
     exact = sum(a.double() @ b.double() for a, b in parts)
-    fp32 = torch.zeros(33, 5)
-    bf16 = torch.zeros(33, 5, dtype=torch.bfloat16)
+    fp32 = torch.zeros(33, 5, device=DEVICE)
+    bf16 = torch.zeros(33, 5, dtype=torch.bfloat16, device=DEVICE)
     for a, b in parts:
         _accumulate_fp32(fp32, a, b, slice_rows=4)
         bf16.addmm_(a, b)

@@ -8,8 +8,10 @@ test_triton_cross_entropy: (3, 423) in 64-column blocks, (5, 1), and (2, 4097) s
 
 import os
 
-# Before triton decorates the kernels, so they run on CPU tensors; it stays set (see test_triton_cross_entropy)
-os.environ["TRITON_INTERPRET"] = "1"
+DEVICE = os.environ.get("SOFTXENT_TEST_DEVICE", "cpu")  # "cuda": compiled kernels on a GPU
+if DEVICE == "cpu":
+    # Before triton decorates the kernels, so they run on CPU tensors; it stays set (see test_triton_cross_entropy)
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -24,8 +26,10 @@ from softxent.torch.triton import configured  # noqa: E402
 from compare import assert_close  # noqa: E402
 
 pytestmark = [
-    pytest.mark.skipif(not sxtt.interpreted(), reason="softxent.torch.triton was imported before "
-                       "TRITON_INTERPRET=1 was set, so its kernels were compiled for a GPU"),
+    pytest.mark.skipif(DEVICE == "cpu" and not sxtt.interpreted(), reason="softxent.torch.triton was imported "
+                       "before TRITON_INTERPRET=1 was set, so its kernels were compiled for a GPU"),
+    pytest.mark.skipif(DEVICE != "cpu" and (sxtt.interpreted() or not torch.cuda.is_available()),
+                       reason=f"SOFTXENT_TEST_DEVICE={DEVICE} needs a CUDA device and TRITON_INTERPRET unset"),
     pytest.mark.filterwarnings("ignore::RuntimeWarning"),
 ]
 
@@ -42,7 +46,7 @@ def problem(shape, dtype, masked: bool, seed=0):
         where[0] = False  # a fully masked row
         if shape[0] > 2:
             where[2] = torch.rand(shape[1], generator=g) > 0.9  # a sparse row
-    return x, where
+    return x.to(DEVICE), None if where is None else where.to(DEVICE)
 
 
 def reference(x, where, temperature, log):
@@ -61,7 +65,7 @@ def reference(x, where, temperature, log):
 def test_forward_and_backward_match_references(shape, temperature, masked, log):
     size, config = SHAPES[shape]
     x, where = problem(size, torch.float32, masked)
-    grad = torch.randn(*size, generator=torch.Generator().manual_seed(1))
+    grad = torch.randn(*size, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     forward = sxtt.log_softmax_rows if log else sxtt.softmax_rows
     backward = sxtt.log_softmax_backward_rows if log else sxtt.softmax_backward_rows
     with configured(**config):
@@ -70,9 +74,9 @@ def test_forward_and_backward_match_references(shape, temperature, masked, log):
     assert y.dtype == x.dtype and dx.dtype == x.dtype
     assert_close(y, reference(x, where, temperature, log), what="forward", scale=2)
 
-    y64, g64 = y.double().numpy(), grad.double().numpy()
+    y64, g64 = y.double().cpu().numpy(), grad.double().cpu().numpy()
     if log:
-        keep = np.ones(size, bool) if where is None else where.numpy()
+        keep = np.ones(size, bool) if where is None else where.cpu().numpy()
         expected = sx.log_softmax_grad(y64, np.where(keep, g64, 0.0)) / temperature
         expected = np.where(keep & np.isfinite(y64).any(axis=1, keepdims=True), expected, 0.0)
     else:
@@ -90,15 +94,23 @@ def test_16bit_accumulates_in_float32(dtype, log):
     assert_close(y, reference(x, where, 1.3, log), what="forward")
 
 
+@pytest.mark.skipif(DEVICE == "cpu", reason="a real vocabulary takes minutes in the interpreter")
+@pytest.mark.parametrize("classes", [128256, 300000])  # 300000: split with the default configuration
+def test_real_vocabularies_match_torch(classes):
+    x = torch.randn(32, classes, device=DEVICE, dtype=torch.bfloat16) * 4
+    assert_close(sxtt.softmax_rows(x), torch.softmax(x.float(), dim=1), what="softmax")
+    assert_close(sxtt.log_softmax_rows(x), torch.log_softmax(x.float(), dim=1), what="log_softmax")
+
+
 def test_rows_sum_to_one_and_infinities_share_the_mass():
-    x = torch.randn(3, 423) * 3
+    x = (torch.randn(3, 423) * 3).to(DEVICE)
     x[1, [7, 200, 400]] = float("inf")
     x[2, 10] = float("nan")
     with configured(block=64):
         p = sxtt.softmax_rows(x)
         lp = sxtt.log_softmax_rows(x)
     assert abs(p[0].double().sum().item() - 1.0) < 1e-6
-    expected = torch.zeros(423)
+    expected = torch.zeros(423, device=DEVICE)
     expected[[7, 200, 400]] = 1.0 / 3.0
     assert_close(p[1], expected)
     assert_close(lp[1, [7, 200, 400]], torch.full((3,), -np.log(3.0)))
@@ -108,16 +120,16 @@ def test_rows_sum_to_one_and_infinities_share_the_mass():
 
 def test_log_softmax_is_exact_for_a_dominant_class():
     """log p of the dominant class is -log1p(tiny), not 0 (Blanchard, Higham & Higham 2021)."""
-    x = torch.tensor([[40.0, 10.0, 11.0]])
+    x = torch.tensor([[40.0, 10.0, 11.0]], device=DEVICE)
     lp = sxtt.log_softmax_rows(x)
     exact = -np.log1p(np.exp(-30.0) + np.exp(-29.0))
     assert abs(lp[0, 0].item() - exact) <= 2e-7 * abs(exact)
 
 
 def test_strided_and_broadcast_inputs():
-    wide = torch.randn(4, 300)
+    wide = torch.randn(4, 300, device=DEVICE)
     x = wide[:, 50:250]  # row stride 300
-    where = torch.rand(1, 200) > 0.2  # broadcast over rows: stride 0, no copy
+    where = torch.rand(1, 200, device=DEVICE) > 0.2  # broadcast over rows: stride 0, no copy
     y = sxtt.softmax_rows(x, where=where)
     assert_close(y, reference(x, where.expand(4, 200), 1.0, False))
     xt = x.contiguous().T.contiguous().T  # column stride 4: read through a copy
@@ -125,6 +137,7 @@ def test_strided_and_broadcast_inputs():
 
 
 def test_empty():
-    assert sxtt.softmax_rows(torch.empty(0, 5)).shape == (0, 5)
-    assert sxtt.log_softmax_rows(torch.empty(3, 0)).shape == (3, 0)
-    assert sxtt.softmax_backward_rows(torch.empty(0, 5), torch.empty(0, 5)).shape == (0, 5)
+    empty = torch.empty(0, 5, device=DEVICE)
+    assert sxtt.softmax_rows(empty).shape == (0, 5)
+    assert sxtt.log_softmax_rows(torch.empty(3, 0, device=DEVICE)).shape == (3, 0)
+    assert sxtt.softmax_backward_rows(empty, empty).shape == (0, 5)
