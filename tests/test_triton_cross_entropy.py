@@ -334,6 +334,21 @@ def test_bad_label_unchecked_gives_nan_row_never_a_wrap():
     assert torch.isfinite(losses[[0, 2]]).all() and torch.isfinite(grad[[0, 2]]).all()
 
 
+@pytest.mark.skipif(DEVICE == "cpu", reason="on CPU tensors the lazy check costs nothing and raises at once")
+def test_lazy_label_check_on_the_gpu_raises_later_without_a_sync():
+    logits = on_device(torch.randn(3, 423))
+    target = on_device(torch.tensor([1, 423, -100]))
+    _labels._pending.clear()
+    losses, _ = sxtt.cross_entropy_rows(logits, target, None, LossOptions(), label_check="lazy")
+    assert torch.isnan(losses[1])  # poisoned at once; the error follows
+    with pytest.raises(ValueError, match=r"earlier.*class index 423 at position \(1\)"):
+        sxtt.check_labels()
+    sxtt.cross_entropy_rows(logits, target, None, LossOptions(), label_check="lazy")
+    torch.cuda.synchronize()
+    with pytest.raises(ValueError, match="class index 423"):  # the next call finds the arrived flag
+        sxtt.cross_entropy_rows(logits, on_device(torch.tensor([1, 2, 3])), None, LossOptions(), label_check="lazy")
+
+
 def test_lazy_label_check_raises_at_a_later_call():
     """The CUDA path: the flag's host copy is read once its event has completed, never waited for."""
 

@@ -76,7 +76,9 @@ CASES = [
 def test_matches_numpy(dtype, case):
     x, w, b, target = layer(dtype=dtype, bias=case.get("bias", True), kind=case.get("kind", "index"))
     options = LossOptions(**case.get("options", {}))
-    weight = (torch.rand(33, generator=torch.Generator().manual_seed(3)) + 0.5).to(DEVICE) if case.get("weight") else None
+    weight = None
+    if case.get("weight"):
+        weight = (torch.rand(33, generator=torch.Generator().manual_seed(3)) + 0.5).to(DEVICE)
     with configured(**CONFIG):
         losses, lse, dx, dw, db = sxtt.linear_cross_entropy_rows(
             x, w, target, b, weight, options, grad_scale=0.5, chunk_size=case.get("chunk_size", 3),
@@ -115,8 +117,8 @@ def test_float32_accumulation_of_the_weight_gradient():
     from softxent.torch.triton.linear_cross_entropy import _accumulate_fp32
 
     g = torch.Generator().manual_seed(0)
-    parts = [(torch.randn(33, 3, generator=g).bfloat16().to(DEVICE), torch.randn(3, 5, generator=g).bfloat16().to(DEVICE))
-             for _ in range(64)]
+    parts = [(torch.randn(33, 3, generator=g).bfloat16().to(DEVICE),
+              torch.randn(3, 5, generator=g).bfloat16().to(DEVICE)) for _ in range(64)]
     exact = sum(a.double() @ b.double() for a, b in parts)
     fp32 = torch.zeros(33, 5, device=DEVICE)
     bf16 = torch.zeros(33, 5, dtype=torch.bfloat16, device=DEVICE)
@@ -125,6 +127,10 @@ def test_float32_accumulation_of_the_weight_gradient():
         bf16.addmm_(a, b)
     assert_close(fp32, exact, scale=4, what="float32 accumulation")
     assert (fp32.double() - exact).abs().max() * 100 < (bf16.double() - exact).abs().max()
+    if DEVICE == "cuda":  # the fast path: one cuBLAS GEMM with a float32 output per chunk
+        from softxent.torch.triton.linear_cross_entropy import _FP32_ADDMM
+
+        assert _FP32_ADDMM.get("cuda"), "torch lacks addmm(out_dtype=float32) on CUDA: the slow fallback runs"
 
 
 def test_never_allocates_a_rows_by_classes_tensor():

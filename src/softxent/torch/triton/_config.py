@@ -29,6 +29,9 @@ class KernelConfig:
         "lazy" flags them on the device and raises at a later call once the flag has arrived on the host
         (no synchronisation), "sync" raises in the same call (one synchronisation), "off" only makes the
         row's loss and gradient NaN (CUDA graph capture, torch.compile).
+
+    The environment variables SOFTXENT_TRITON_BLOCK, _PROGRAM_COLUMNS, _NUM_WARPS and _LABEL_CHECK
+    override the defaults at import (for benchmark sweeps).
     """
 
     block: int = 4096
@@ -46,7 +49,20 @@ class KernelConfig:
             raise ValueError(f"label_check must be one of 'lazy', 'sync' or 'off'; got {self.label_check!r}")
 
 
-CONFIG = KernelConfig()
+def _from_environment() -> KernelConfig:
+    """Defaults, overridden by SOFTXENT_TRITON_BLOCK / _PROGRAM_COLUMNS / _NUM_WARPS / _LABEL_CHECK (for sweeps)."""
+    import os
+
+    config = KernelConfig()
+    for name, cast in (("block", int), ("program_columns", int), ("num_warps", int), ("label_check", str)):
+        value = os.environ.get(f"SOFTXENT_TRITON_{name.upper()}")
+        if value:
+            setattr(config, name, cast(value))
+    config.check()
+    return config
+
+
+CONFIG = _from_environment()
 
 
 @contextmanager

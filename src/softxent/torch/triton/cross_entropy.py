@@ -314,7 +314,8 @@ def cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor, weight: Op
     elif in_place:
         grad = x
     else:
-        grad = grad_out if grad_out.stride(1) == 1 else torch.empty_like(grad_out, memory_format=torch.contiguous_format)
+        grad = grad_out if grad_out.stride(1) == 1 else torch.empty_like(grad_out,
+                                                                          memory_format=torch.contiguous_format)
     if weight is not None and weight.stride(0) != 1:
         weight = weight.contiguous()
 

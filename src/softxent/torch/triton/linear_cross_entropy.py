@@ -10,8 +10,9 @@ Memory beyond inputs and outputs: one chunk of logits, plus, for a 16-bit weight
 accumulation (the default), a (V, D) float32 accumulator that lives for the whole call: each chunk's
 product is added into it by one GEMM with a float32 output (``torch.addmm(..., out_dtype=float32)``,
 cuBLAS accumulating in float32) or, where that overload is missing (the CPU, older torch), in slices of V
-whose float32 product is a fraction of a chunk. No (V, D) float32 temporary per chunk. With ``weight_grad_fp32=False`` the GEMM
-accumulates straight into the weight's dtype (one rounding per chunk, no accumulator).
+whose float32 product is a fraction of a chunk. No (V, D) float32 temporary per chunk. With
+``weight_grad_fp32=False`` the GEMM accumulates straight into the weight's dtype (one rounding per chunk,
+no accumulator).
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ _MIN_CHUNK_ROWS = 64
 _FP32_ADDMM: dict[str, bool] = {}  # device type -> whether addmm(..., out_dtype=float32, out=acc) works
 
 
-def default_chunk_rows(num_rows: int, features: int, num_classes: int, itemsize: int, fp32_accumulator: bool) -> int:
-    """Rows per chunk: the chunk's logits are about _CHUNK_FRACTION of the gradients' bytes."""
-    grad_bytes = (num_rows + num_classes) * features * itemsize + (num_classes * features * 4 if fp32_accumulator else 0)
+def default_chunk_rows(num_rows: int, features: int, num_classes: int, itemsize: int,
+                       fp32_accumulator: bool) -> int:
+    """Rows per chunk: the chunk's logits are about _CHUNK_FRACTION of the gradients' bytes (with the
+    float32 accumulator, if any, counted among them)."""
+    grad_bytes = (num_rows + num_classes) * features * itemsize
+    if fp32_accumulator:
+        grad_bytes += num_classes * features * 4
     rows = int(_CHUNK_FRACTION * grad_bytes) // max(1, num_classes * itemsize)
     rows = max(_MIN_CHUNK_ROWS, rows // _MIN_CHUNK_ROWS * _MIN_CHUNK_ROWS)
     return max(1, min(rows, num_rows))
