@@ -136,6 +136,20 @@ def test_strided_and_broadcast_inputs():
     assert_close(sxtt.log_softmax_rows(xt), reference(xt, None, 1.0, True))
 
 
+def test_seam_rejects_wiring_mistakes():
+    x = torch.randn(2, 5, device=DEVICE)
+    with pytest.raises(TypeError, match="float64"):
+        sxtt.softmax_rows(x.double())
+    with pytest.raises(ValueError, match=r"\(N, C\) rows"):
+        sxtt.softmax_rows(x[0])
+    with pytest.raises(ValueError, match="broadcast"):
+        sxtt.log_softmax_rows(x, where=torch.ones(3, 5, dtype=torch.bool, device=DEVICE))
+    with pytest.raises(TypeError, match="boolean"):
+        sxtt.softmax_rows(x, where=torch.ones(2, 5, device=DEVICE))
+    with pytest.raises(ValueError, match="grad"):
+        sxtt.softmax_backward_rows(x, x[:, :3])
+
+
 def test_empty():
     empty = torch.empty(0, 5, device=DEVICE)
     assert sxtt.softmax_rows(empty).shape == (0, 5)

@@ -14,7 +14,7 @@ implementation. `mean_scale` gives the "mean" reduction's 1 / denominator on the
 Importing this package imports triton; softxent.torch should import it only for CUDA tensors.
 """
 
-from ._config import CONFIG, KernelConfig, configured
+from ._config import CONFIG, SUPPORTED_DTYPES, KernelConfig, configured
 from ._labels import check_labels
 from ._reduction import mean_scale
 from .cross_entropy import cross_entropy_forward, cross_entropy_rows
@@ -33,7 +33,7 @@ def interpreted() -> bool:
 
 
 __all__ = [
-    "CONFIG", "KernelConfig", "configured", "interpreted", "check_labels", "mean_scale",
+    "CONFIG", "SUPPORTED_DTYPES", "KernelConfig", "configured", "interpreted", "check_labels", "mean_scale",
     "cross_entropy_rows", "cross_entropy_forward",
     "softmax_rows", "log_softmax_rows", "softmax_backward_rows", "log_softmax_backward_rows",
     "softmax_forward", "softmax_backward",

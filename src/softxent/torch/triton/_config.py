@@ -11,7 +11,18 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
+import torch
+
 LABEL_CHECKS = ("lazy", "sync", "off")
+
+# what the kernels take: they accumulate in float32, so float64 belongs to the PyTorch path (gradcheck)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_dtype(tensor, name: str) -> None:
+    if tensor.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16 or float32 for the Triton kernels (float32 "
+                        f"accumulation); got {tensor.dtype}: use the PyTorch path for it")
 
 
 @dataclass
@@ -100,8 +111,6 @@ def plan_rows(num_rows: int, num_classes: int, device, config: KernelConfig | No
     splits = max(1, math.ceil(num_classes / config.program_columns))
     target = config.fill_programs
     if target is None and getattr(device, "type", "cpu") == "cuda":
-        import torch
-
         target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
     if target and num_rows and num_rows < target:
         # few long rows: split them so the device fills, each chunk keeping at least 4 blocks of work

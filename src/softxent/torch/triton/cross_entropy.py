@@ -35,7 +35,7 @@ import triton.language as tl
 
 from ..._options import LossOptions
 from . import _labels
-from ._config import CONFIG, plan_rows
+from ._config import CONFIG, check_dtype, plan_rows
 from ._rowmath import block_state, combine, log1p, shifted, transform, transform_slope
 
 # --- kernels --------------------------------------------------------------------------------------------
@@ -492,6 +492,7 @@ def _check_rows(logits, target, weight, grad_out) -> None:
     if logits.dim() != 2 or not logits.is_floating_point():
         raise ValueError(f"logits must be a (N, C) floating tensor; got shape {tuple(logits.shape)} "
                          f"and dtype {logits.dtype}")
+    check_dtype(logits, "logits")
     num_rows, num_classes = logits.shape
     _check_targets(num_rows, num_classes, logits.device, target, weight)
     if grad_out is not None:

@@ -24,7 +24,7 @@ import torch
 
 from ..._options import LossOptions
 from . import _labels
-from ._config import CONFIG
+from ._config import CONFIG, check_dtype
 from .cross_entropy import _check_targets, cross_entropy_forward
 
 # a chunk of logits takes about this fraction of the gradients' own bytes (at least 64 rows, at most N):
@@ -231,8 +231,8 @@ def _compute_dtype(x, linear_weight, linear_bias) -> torch.dtype:
 
 
 def _check_layer(x, linear_weight, linear_bias) -> None:
-    if not (x.is_floating_point() and linear_weight.is_floating_point()):
-        raise ValueError(f"x and linear_weight must be floating; got {x.dtype} and {linear_weight.dtype}")
+    check_dtype(x, "x")
+    check_dtype(linear_weight, "linear_weight")
     for name, tensor in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
         if tensor is not None and tensor.device != x.device:
             raise ValueError(f"{name} must be on {x.device} like x; got {tensor.device}")

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import plan_rows
+from ._config import check_dtype, plan_rows
 from ._rowmath import block_state, combine, log1p, shifted
 
 # --- kernels --------------------------------------------------------------------------------------------
@@ -228,8 +228,7 @@ def _where_args(where: Optional[torch.Tensor], shape, dummy: torch.Tensor):
     """A boolean mask broadcast to `shape` (no copy: stride 0 on broadcast axes) as uint8, and its strides."""
     if where is None:
         return dummy, 0, 0
-    mask = where.expand(shape)
-    mask = mask.view(torch.uint8) if mask.dtype == torch.bool else (mask != 0)
+    mask = where.expand(shape).view(torch.uint8)
     return mask, mask.stride(0), mask.stride(1)
 
 
@@ -336,6 +335,7 @@ def softmax_rows(x: torch.Tensor, *, temperature: float = 1.0, where: Optional[t
 
     References: Milakov & Gimelshein 2018, "Online normalizer calculation for softmax".
     """
+    _check_input(x, where)
     return torch.ops.softxent_triton.softmax(x, float(temperature), where, False)
 
 
@@ -351,6 +351,7 @@ def log_softmax_rows(x: torch.Tensor, *, temperature: float = 1.0,
         >>> log_softmax_rows(torch.tensor([[1.0, 2.0, 3.0]], device="cuda")).cpu()   # doctest: +SKIP
         tensor([[-2.4076, -1.4076, -0.4076]])
     """
+    _check_input(x, where)
     return torch.ops.softxent_triton.softmax(x, float(temperature), where, True)
 
 
@@ -365,6 +366,7 @@ def softmax_backward_rows(probs: torch.Tensor, grad: torch.Tensor, *, temperatur
         >>> softmax_backward_rows(p, torch.tensor([[0.0, 0.0, 1.0]], device="cuda")).cpu()   # doctest: +SKIP
         tensor([[-0.0599, -0.1628,  0.2227]])
     """
+    _check_input(probs, where, grad)
     return torch.ops.softxent_triton.softmax_backward(probs, grad, float(temperature), where, False)
 
 
@@ -381,4 +383,24 @@ def log_softmax_backward_rows(log_probs: torch.Tensor, grad: torch.Tensor, *, te
         >>> log_softmax_backward_rows(lp, torch.tensor([[0.0, 0.0, -1.0]], device="cuda")).cpu()   # doctest: +SKIP
         tensor([[ 0.0900,  0.2447, -0.3348]])
     """
+    _check_input(log_probs, where, grad)
     return torch.ops.softxent_triton.softmax_backward(log_probs, grad, float(temperature), where, True)
+
+
+def _check_input(x, where, grad=None) -> None:
+    """Shapes and dtypes at the seam (values are the public layer's business)."""
+    if x.dim() != 2:
+        raise ValueError(f"the Triton softmax kernels take (N, C) rows; got shape {tuple(x.shape)}")
+    check_dtype(x, "input")
+    if grad is not None and (grad.shape != x.shape or grad.device != x.device):
+        raise ValueError(f"grad must match the forward output, {tuple(x.shape)} on {x.device}; "
+                         f"got {tuple(grad.shape)} on {grad.device}")
+    if where is not None:
+        if where.dtype != torch.bool:
+            raise TypeError(f"where must be a boolean tensor; got {where.dtype}")
+        try:
+            torch.broadcast_shapes(where.shape, x.shape)
+        except RuntimeError:
+            raise ValueError(f"where of shape {tuple(where.shape)} does not broadcast to {tuple(x.shape)}") from None
+        if where.device != x.device:
+            raise ValueError(f"where must be on {x.device} like the input; got {where.device}")
