@@ -159,7 +159,8 @@ class CrossEntropyRows:
         def work(start: int, stop: int) -> None:
             scratch = _Scratch((min(step, stop - start), num_classes), work_dtype,
                                tanh=grad_out is not None and self.options.softcap is not None,
-                               coef=probs is not None)
+                               coef=probs is not None,
+                               main=grad_out is None or grad_out.dtype != work_dtype)
             for block in blocks(start, stop, step):
                 losses[block] = self._block(
                     logits[block], None if labels is None else labels[block],
@@ -175,7 +176,7 @@ class CrossEntropyRows:
         smoothing = options.label_smoothing
         n = logits.shape[0]
         rows = np.arange(n)
-        buf = scratch.main
+        buf = grad_out if scratch.main is None else scratch.main
 
         # 1. z = softcap * tanh(x / softcap) / T in the working precision, then d = z - max z
         if options.transforms_logits:
@@ -252,20 +253,23 @@ class CrossEntropyRows:
                 buf *= scratch.tanh
             if options.temperature != 1.0:
                 buf /= options.temperature
-            np.copyto(grad_out, buf, casting="unsafe")
+            if buf is not grad_out:
+                np.copyto(grad_out, buf, casting="unsafe")
         return loss
 
 
 @dataclass
 class _Scratch:
-    """A thread's scratch buffers: the working rows, tanh for softcap's chain rule, target coefficients."""
+    """A thread's scratch buffers: the working rows (None: work in grad_out), tanh for softcap's chain
+    rule, probability targets' coefficients."""
 
-    main: np.ndarray
+    main: np.ndarray | None
     tanh: np.ndarray | None
     coef: np.ndarray | None
 
-    def __init__(self, shape: tuple, dtype: np.dtype, *, tanh: bool, coef: bool):
-        self.main = np.empty(shape, dtype=dtype)
+    def __init__(self, shape: tuple, dtype: np.dtype, *, tanh: bool, coef: bool, main: bool):
+        # without `main` the blocks are worked in grad_out itself, which has the working precision
+        self.main = np.empty(shape, dtype=dtype) if main else None
         self.tanh = np.empty(shape, dtype=dtype) if tanh else None
         self.coef = np.empty(shape, dtype=dtype) if coef else None
 

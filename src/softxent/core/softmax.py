@@ -38,7 +38,7 @@ def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = No
         total = scratch.sum(axis=1, dtype=np.float64)
         if shift.masked is not None:
             total[shift.masked] = 1.0  # a row of zeros stays zeros
-        np.divide(scratch, total[:, None], out=out, casting="unsafe")
+        np.divide(scratch, total.astype(scratch.dtype)[:, None], out=out, casting="unsafe")
 
     return _rowwise(x, axis, temperature, where, fast_dtype, probabilities, spare=False)
 
@@ -103,11 +103,13 @@ def _rowwise(x: Any, axis: Any, temperature: float, where: Any, precision: Calla
 
     def work(start: int, stop: int) -> None:
         shape = (min(step, stop - start), num_classes)
-        scratch_all = np.empty(shape, dtype=work_dtype)
-        spare_all = np.empty(shape, dtype=work_dtype) if spare else scratch_all
+        in_place = out.dtype == work_dtype  # then each block is worked in the output itself
+        scratch_all = None if in_place else np.empty(shape, dtype=work_dtype)
+        spare_all = np.empty(shape, dtype=work_dtype) if spare else None
         for block in blocks(start, stop, step):
             size = block.stop - block.start
-            scratch, spare_block = scratch_all[:size], spare_all[:size]
+            scratch = out[block] if in_place else scratch_all[:size]
+            spare_block = None if spare_all is None else spare_all[:size]
             shift = shift_rows(data[block], scratch)
             if temperature != 1.0:
                 scratch /= temperature  # (x - m) / T: max(x / T) is max(x) / T for T > 0
