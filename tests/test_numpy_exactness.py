@@ -55,3 +55,26 @@ def test_dominant_target_loss_is_not_rounded_to_zero():
     # regression: lse - x_target computed as two nearly equal numbers loses every digit at 1e-10
     loss = sx.cross_entropy(np.array([[23.0, 0.0]], dtype=np.float32), np.array([0]), reduction="none")
     assert 1.0e-10 < loss[0] < 1.03e-10
+
+
+# softmax itself (probabilities, not logs): exp turns the rounding of x_j - max (half an ulp of the
+# gap) into up to |x_j - max| ulp of p_j, in SciPy and torch too; the rest is exp's and the division's
+# own error (float32 is computed in float32 for speed). Exact tiny probabilities: use log_softmax.
+SOFTMAX_SLACK = {"float32": 4.0, "float64": 2.0}
+
+
+@pytest.mark.parametrize("dtype, case", _params())
+def test_softmax_error_is_bounded_by_the_gap_to_the_max(dtype, case):
+    import mpmath
+
+    probs = sx.softmax(case.logits)
+    assert probs.dtype == np.dtype(dtype)
+    values, first = np.unique(case.logits, return_index=True)
+    with mpmath.workdps(50):
+        exact = [mpmath.exp(case.exact_log_softmax_of(float(v))) for v in values]
+    error = ulp_error(probs[first], exact)
+    finite = np.isfinite(values)
+    gap = np.where(finite, np.abs(values.astype(np.float64) - values[finite].max()), 0.0)
+    excess = error - gap
+    assert excess.max() <= SOFTMAX_SLACK[dtype], (
+        f"{case.name}: {error[np.argmax(excess)]:.2f} ulp at gap {gap[np.argmax(excess)]:.3g}")

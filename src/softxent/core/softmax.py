@@ -16,7 +16,10 @@ def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = No
 
     Shifted by the row max first, so exp never overflows. Unlike hardmax, which keeps only the arg max,
     softmax keeps every score's share, and its gradient is useful. float32 is computed in float32 with
-    sums in float64 (within 4 ulp of exact); float16 in float32; float64 in float64.
+    sums in float64, float16 in float32, float64 in float64. Each probability is within
+    ``|x_j - max x| + 4`` ulp (float32; + 2 for float64) of exact: exp turns the rounding of the gap
+    ``x_j - max x`` into that many ulp, as in every shifted softmax. When tiny probabilities must be
+    exact to the last bit, use `log_softmax`, which is.
 
     Args:
         x: real array of any shape; integers are taken as float64.
