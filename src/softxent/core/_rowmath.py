@@ -68,7 +68,7 @@ def exp_log_sum(shifted: np.ndarray, first: np.ndarray, out: np.ndarray) -> tupl
     rows = np.arange(out.shape[0])
     top = out[rows, first].copy()  # 1, or 0 in a fully masked row, or NaN in a NaN row
     out[rows, first] = 0.0
-    rest = out.sum(axis=1)
+    rest = out.sum(axis=1, dtype=np.promote_types(out.dtype, np.float64))  # float32 e summed in float64
     out[rows, first] = top
     total = top + rest
     with np.errstate(divide="ignore"):  # log(0) = -inf for fully masked rows is the intended limit

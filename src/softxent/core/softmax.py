@@ -37,8 +37,9 @@ def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = No
         array([0.09 , 0.245, 0.665])
     """
     def probabilities(out: np.ndarray, shift: Shift, scratch: np.ndarray, spare: np.ndarray) -> None:
-        np.exp(scratch, out=scratch)
-        total = scratch.sum(axis=1, dtype=np.float64)
+        # the sum without the max's own 1, then 1 + rest: adding a million tiny terms onto 1 one by
+        # one would round at every step
+        _, total = exp_log_sum(scratch, shift.first, scratch)
         if shift.masked is not None:
             total[shift.masked] = 1.0  # a row of zeros stays zeros
         np.divide(scratch, total.astype(scratch.dtype)[:, None], out=out, casting="unsafe")
