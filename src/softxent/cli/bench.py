@@ -33,7 +33,7 @@ from . import UsageError
 # bandwidth (GB/s) get a column of their own
 KNOWN = ("op", "case", "provider", "time_s", "peak_extra_bytes", "time_ratio", "memory_ratio", "repeats", "skipped")
 TEXT = ("op", "case", "provider", "skipped")
-BANDWIDTH = re.compile(r"gb.?s|gbps|bandwidth", re.IGNORECASE)
+BANDWIDTH = re.compile(r"gb.*s|bandwidth", re.IGNORECASE)  # gb_per_s, GB/s, gbps, copy_bandwidth
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

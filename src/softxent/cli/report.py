@@ -135,4 +135,5 @@ def print_report(console, report: dict, json_path: Path, figures: list[Path]) ->
                   f"{timing['sklearn_fit']:.2f} s ({report['sklearn']['iterations']} lbfgs iterations"
                   f"{'' if report['sklearn']['converged'] else ', NOT converged'}); {timing['total']:.1f} s in all")
     console.print(f"report   {json_path}")
-    console.print("figures  " + "\n         ".join(str(path) for path in figures))
+    if figures:
+        console.print("figures  " + "\n         ".join(str(path) for path in figures))

@@ -56,14 +56,14 @@ class TorchBackend:
             loss = self.sxt.linear_cross_entropy(inputs, p["w"], target, linear_bias=p["b"])
         else:
             loss = self.sxt.linear_cross_entropy(self._hidden(inputs), p["w2"], target, linear_bias=p["b2"])
+        with torch.no_grad():  # the objective at the weights the gradient is taken at, as models.NumpyModel
+            penalty = sum(float((v * v).sum()) for n, v in p.items() if penalised(n))
         for group in self.optimiser.param_groups:
             group["lr"] = lr
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
         self.optimiser.step()
-        with torch.no_grad():
-            penalty = sum(float((v * v).sum()) for n, v in p.items() if penalised(n))
-        return float(loss) + 0.5 * self.l2 * penalty
+        return loss.item() + 0.5 * self.l2 * penalty
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         torch, p = self.torch, self.params

@@ -16,7 +16,7 @@ Only NumPy is imported at module level: `softxent explain` builds this parser an
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import math
 import time
@@ -61,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=DEFAULTS["threads"], metavar="N",
                         help="BLAS / torch threads (default 1: this problem's matrices are small, and more "
                              "threads only wait for each other)")
+    parser.add_argument("--no-figures", action="store_true",
+                        help="write report.json only (quicker, for sweeps over settings)")
     parser.add_argument("--out", type=Path, default=Path("softxent-out/train"), metavar="DIR",
                         help="folder for report.json and the figures (default softxent-out/train)")
 
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         baseline = logistic_regression(data.x_train, data.y_train, data.x_test, data.num_classes, args.l2)
     outcome = report.build(settings, data, result, baseline, time.perf_counter() - started)
     args.out.mkdir(parents=True, exist_ok=True)
-    figures = report.draw(args.out, data, result, baseline, outcome)
+    figures = [] if args.no_figures else report.draw(args.out, data, result, baseline, outcome)
     outcome["figures"] = [path.name for path in figures]
     outcome["timing_s"]["total"] = time.perf_counter() - started
     (args.out / "report.json").write_text(json.dumps(outcome, indent=1) + "\n")
@@ -112,7 +114,12 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def _demo_dependencies():
-    missing = [name for name in ("rich", "matplotlib", "sklearn") if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in ("rich", "matplotlib", "sklearn"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         names = ", ".join("scikit-learn" if m == "sklearn" else m for m in missing)
         raise UsageError(f"softxent train needs {names}: pip install 'softxent[demo]'")
