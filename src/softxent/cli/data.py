@@ -51,7 +51,8 @@ def load(data: str, label_column: str | None, test_fraction: float, seed: int) -
         image_shape = None
     train, test = stratified_split(labels, test_fraction, seed)
     x_train, x_test = standardise(features[train], features[test])
-    return Dataset(name=data, x_train=x_train, y_train=labels[train], x_test=x_test, y_test=labels[test],
+    name = data if data == "digits" else Path(data).name  # titles and the terminal; settings keep the path
+    return Dataset(name=name, x_train=x_train, y_train=labels[train], x_test=x_test, y_test=labels[test],
                    class_names=class_names, feature_names=feature_names, label_column=label_name,
                    image_shape=image_shape, raw_test=features[test])
 

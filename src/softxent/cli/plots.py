@@ -126,7 +126,7 @@ def scores_hardmax_softmax(path: Path, logits: np.ndarray, y: np.ndarray, rows: 
         axs[2].bar(positions, soft, color=colours)
         axs[2].set_ylim(0, 1.05)
         loss = float(sx.cross_entropy(scores[None, :], [truth]))  # -log p(true), exact even when p is tiny
-        axs[2].set_xlabel(f"p(true) = {soft[truth]:.3f}, loss -log p(true) = {loss:.3f}", fontsize=8)
+        axs[2].set_xlabel(f"p(true) = {soft[truth]:.3f}, loss -log p(true) = {loss:.3g}", fontsize=8)
         for ax in axs:
             ax.set_xticks(positions, labels, fontsize=7, rotation=90 if classes > 12 else 0)
             ax.tick_params(axis="y", labelsize=7)
@@ -181,7 +181,7 @@ def temperature(path: Path, scores: np.ndarray, truth: int, class_names: list[st
 def calibration(path: Path, probs: dict[str, np.ndarray], y: np.ndarray, eces: dict[str, float]) -> Path:
     """Reliability diagram: accuracy against confidence per bin; a calibrated model follows the diagonal."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(probs), figsize=(4.6 * len(probs), 4.2), layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(1, len(probs), figsize=(4.6 * len(probs), 4.6), layout="constrained", squeeze=False)
     edges = np.linspace(0, 1, ECE_BINS + 1)
     for ax, (name, p), colour in zip(axes[0], probs.items(), (SOFTXENT, SKLEARN)):
         count, confidence, accuracy = calibration_bins(p, y)
@@ -194,10 +194,11 @@ def calibration(path: Path, probs: dict[str, np.ndarray], y: np.ndarray, eces: d
         ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect calibration")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
-        ax.set_xlabel(f"top-label confidence max_j p_j ({ECE_BINS} equal bins; rows per bin at the foot)")
+        ax.set_xlabel(f"top-label confidence max_j p_j\n({ECE_BINS} equal bins; test rows per bin at the foot)")
         ax.set_ylabel("accuracy")
         ax.set_title(f"{name}: ECE = {eces[name]:.4f}", fontsize=10)
-        ax.legend(fontsize=7, loc="upper left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
     return _save(fig, path)
 
 
