@@ -112,6 +112,7 @@ def test_unreadable_data_is_one_line_and_status_2(tmp_path, capsys, make, messag
     (["--lr", "-1"], "--lr must be a positive number"),
     (["--l2", "nan"], "--l2 must be a number >= 0"),
     (["--test-fraction", "1.5"], "--test-fraction must be in (0, 1)"),
+    (["--out", __file__], "is a file, not a folder"),
 ])
 def test_bad_options_are_one_line_and_status_2(tmp_path, capsys, argv, message):
     code, _ = train(tmp_path, *argv)

@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file, not a folder")
     folder = find_benchmarks(args.benchmarks)
     scripts = sorted(folder.glob("bench_*.py"))
     if args.only is not None:

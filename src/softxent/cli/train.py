@@ -69,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    check_out(args.out)
     rich = _demo_dependencies()
     from . import report
 
@@ -111,6 +112,12 @@ def _settings(args: argparse.Namespace) -> dict:
     if args.model == "mlp":
         settings["hidden"] = args.hidden
     return settings
+
+
+def check_out(out: Path) -> None:
+    """Fail before the work, not after it, when --out cannot be a folder."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
 
 
 def _demo_dependencies():
