@@ -15,7 +15,7 @@ from . import UsageError
 from .models import penalised
 
 
-def _load_torch():
+def load_torch():
     try:
         import torch
     except ImportError:
@@ -33,7 +33,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: str, params: dict[str, np.ndarray], l2: float, threads: int | None = None):
-        torch, sxt = _load_torch()
+        torch, sxt = load_torch()
         self.torch, self.sxt = torch, sxt
         if threads is not None:
             torch.set_num_threads(threads)

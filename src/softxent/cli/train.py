@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     check_out(args.out)
     rich = _demo_dependencies()
+    if args.backend == "torch":
+        from .torch_backend import load_torch
+
+        load_torch()  # say now, not after loading the data, when softxent.torch cannot train here
     from . import report
 
     console = rich.console.Console()
