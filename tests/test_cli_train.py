@@ -129,6 +129,8 @@ def test_label_column_by_name_or_number_and_numeric_labels_in_order(tmp_path):
     assert classes == ["2", "10"] and labels.tolist() == [1, 0, 1]  # numeric order, not "10" < "2"
     assert names == ["column_1", "column_2"] and label == "column_0"
     np.testing.assert_array_equal(features, [[1.5, 2], [0.5, 3], [2.5, 4]])
+    path.write_text("1,0\n2,1.0\n3,1\n")  # numeric labels are classes by value
+    assert read_csv(path, None)[1].tolist() == [0, 1, 1]
     path.write_text("x,kind,y\n1,a,2\n3,b,4\n")
     features, labels, classes, names, _ = read_csv(path, "kind")
     assert classes == ["a", "b"] and names == ["x", "y"]

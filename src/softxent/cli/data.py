@@ -111,18 +111,13 @@ def read_csv(path: Path, label_column: str | None):
     label_index = _label_index(label_column, names, header is not None, path)
     feature_indices = [j for j in range(width) if j != label_index]
 
-    features = np.empty((len(rows), len(feature_indices)), dtype=np.float64)
-    for i, (number, row) in enumerate(rows):
-        for k, j in enumerate(feature_indices):
-            cell = row[j].strip()
-            try:
-                value = float(cell)
-            except ValueError:
-                what = "an empty cell (missing values are not supported)" if not cell else f"{cell!r}, not a number"
-                raise ValueError(f"--data: {path} line {number}, feature column {names[j]!r}: {what}") from None
-            if not math.isfinite(value):
-                raise ValueError(f"--data: {path} line {number}, feature column {names[j]!r}: {cell!r} is not finite")
-            features[i, k] = value
+    try:  # NumPy parses the whole table at once; only a bad table is walked cell by cell to say where
+        features = np.array([[row[j] for j in feature_indices] for _, row in rows], dtype=np.float64)
+        clean = bool(np.isfinite(features).all())
+    except ValueError:
+        clean = False
+    if not clean:
+        _first_bad_cell(path, rows, feature_indices, names)
 
     labels_text = [row[label_index].strip() for _, row in rows]
     for (number, _), text in zip(rows, labels_text):
@@ -133,6 +128,20 @@ def read_csv(path: Path, label_column: str | None):
         raise ValueError(f"--data: {path}: the label column {names[label_index]!r} holds a single class "
                          f"({class_names[0]!r}); a classifier needs at least two")
     return features, labels, class_names, [names[j] for j in feature_indices], names[label_index]
+
+
+def _first_bad_cell(path: Path, rows, feature_indices: list[int], names: list[str]) -> None:
+    for number, row in rows:
+        for j in feature_indices:
+            cell = row[j].strip()
+            try:
+                value = float(cell)
+            except ValueError:
+                what = "an empty cell (missing values are not supported)" if not cell else f"{cell!r}, not a number"
+                raise ValueError(f"--data: {path} line {number}, feature column {names[j]!r}: {what}") from None
+            if not math.isfinite(value):
+                raise ValueError(f"--data: {path} line {number}, feature column {names[j]!r}: {cell!r} is not finite")
+    raise ValueError(f"--data: {path} holds a feature that is not a finite number")  # pragma: no cover
 
 
 def _is_number(cell: str) -> bool:
@@ -163,10 +172,15 @@ def _classes(labels: list[str]) -> tuple[list[str], np.ndarray]:
     """Sorted distinct labels (as numbers when all are numbers) and each row's class index."""
     distinct = set(labels)
     if all(_is_number(label) for label in distinct):
-        ordered = sorted(distinct, key=lambda label: (float(label), label))
+        # numbers are classes by value: "1" and "1.0" are one class, and "10" comes after "2"
+        key = {label: float(label) for label in distinct}
+        values = sorted(set(key.values()))
+        names = {value: min(label for label in distinct if key[label] == value) for value in values}
+        ordered = [names[value] for value in values]
+        index = {label: values.index(key[label]) for label in distinct}
     else:
         ordered = sorted(distinct)
-    index = {label: k for k, label in enumerate(ordered)}
+        index = {label: k for k, label in enumerate(ordered)}
     return ordered, np.array([index[label] for label in labels], dtype=np.int64)
 
 
