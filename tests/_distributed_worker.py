@@ -169,8 +169,12 @@ def main() -> None:
         result["seconds"] = time.monotonic() - began
         results.append(result)
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
-    if not any(case["kind"] == "absent" for case in cases):  # a timed-out gloo group is closed already
-        dist.destroy_process_group()
+    if any(case["kind"] == "absent" for case in cases):
+        # after a gloo timeout, torch 2.13 sometimes aborts the process at exit ("terminate called without
+        # an active exception", about 3 runs in 8 with plain ProcessGroup.allgather): skip the teardown
+        sys.stdout.flush()
+        os._exit(0)
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

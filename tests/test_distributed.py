@@ -187,47 +187,66 @@ CASE_IDS = {world: [case["id"] for case in cases_for(world)] for world in WORLDS
 
 # --- running the groups -------------------------------------------------------------------------------------
 
+class Spawn:
+    """A gloo group of `world` processes running `cases`; `results()` waits for it (a hang fails, not blocks)."""
+
+    def __init__(self, world: int, cases: list, workdir: Path):
+        self.world, self.cases, self.workdir = world, cases, workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        torch.save(cases, workdir / "cases.pt")
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+            [str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+        self.logs = [open(workdir / f"rank{r}.log", "w") for r in range(world)]
+        self.procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(world), str(workdir / "store"),
+                                        str(workdir / "cases.pt"), str(workdir)], env=env, stdout=self.logs[r],
+                                       stderr=subprocess.STDOUT) for r in range(world)]
+        self.deadline = time.monotonic() + HARD_TIMEOUT
+        self._results = None
+
+    def results(self) -> list[list[dict]]:
+        if self._results is None:
+            try:
+                for proc in self.procs:
+                    proc.wait(timeout=max(0.1, self.deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                for proc in self.procs:
+                    proc.kill()
+                pytest.fail(f"{self.world} ranks did not finish within {HARD_TIMEOUT} s (a hang): {self._tails()}")
+            finally:
+                for log in self.logs:
+                    log.close()
+            if any(proc.returncode for proc in self.procs):
+                pytest.fail(f"a rank of {self.world} exited with {[p.returncode for p in self.procs]}: "
+                            f"{self._tails()}")
+            self._results = [torch.load(self.workdir / f"rank{r}.pt", weights_only=False)
+                             for r in range(self.world)]
+        return self._results
+
+    def _tails(self) -> str:
+        return "\n".join(f"--- rank {r}:\n" + (self.workdir / f"rank{r}.log").read_text()[-2000:]
+                         for r in range(self.world))
+
+
 def spawn(world: int, cases: list, workdir: Path) -> list[list[dict]]:
-    """Run `cases` on a gloo group of `world` processes; each rank's results. Fails, not hangs, on a hang."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    torch.save(cases, workdir / "cases.pt")
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
-    logs = [open(workdir / f"rank{r}.log", "w") for r in range(world)]
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(world), str(workdir / "store"),
-                               str(workdir / "cases.pt"), str(workdir)], env=env, stdout=logs[r],
-                              stderr=subprocess.STDOUT) for r in range(world)]
-    deadline = time.monotonic() + HARD_TIMEOUT
-    try:
-        for proc in procs:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        for proc in procs:
-            proc.kill()
-        pytest.fail(f"{world} ranks did not finish within {HARD_TIMEOUT} s (a hang): {_tails(workdir, world)}")
-    finally:
-        for log in logs:
-            log.close()
-    if any(proc.returncode for proc in procs):
-        pytest.fail(f"a rank of {world} exited with {[p.returncode for p in procs]}: {_tails(workdir, world)}")
-    return [torch.load(workdir / f"rank{r}.pt", weights_only=False) for r in range(world)]
-
-
-def _tails(workdir: Path, world: int) -> str:
-    return "\n".join(f"--- rank {r}:\n" + (workdir / f"rank{r}.log").read_text()[-2000:] for r in range(world))
+    return Spawn(world, cases, workdir).results()
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """world -> (cases, per-rank results), each world spawned once, on first use."""
-    cache = {}
+    """world -> (cases, per-rank results). All worlds start together on first use (6 processes: their
+    imports overlap on the cores a single world leaves idle); each is waited for when first needed."""
+    spawns = {}
 
     def get(world):
-        if world not in cache:
-            cases = cases_for(world)
-            cache[world] = cases, spawn(world, cases, tmp_path_factory.mktemp(f"world{world}"))
-        return cache[world]
-    return get
+        if not spawns:
+            for w in WORLDS:
+                spawns[w] = Spawn(w, cases_for(w), tmp_path_factory.mktemp(f"world{w}"))
+        return spawns[world].cases, spawns[world].results()
+    yield get
+    for spawn_ in spawns.values():  # a failed test must not leave ranks behind
+        for proc in spawn_.procs:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def result_of(runs, world, case_id):

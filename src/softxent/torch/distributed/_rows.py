@@ -230,33 +230,40 @@ class RowProblem:
 
     # --- 3. the gradient of this rank's slice ---------------------------------------------------------
 
-    def gradient(self, z: torch.Tensor, rows: slice, row_scale: torch.Tensor, *, inplace: bool = False
+    def gradient(self, z: torch.Tensor, rows: slice, row_scale: torch.Tensor, *, out: torch.Tensor | None = None
                  ) -> torch.Tensor:
-        """d(loss)/dz for this rank's logits z (n_c, V_local), compute dtype: s ((A + 2 zl lse) p_j - a_j).
+        """d(loss)/dz for this rank's logits z (n_c, V_local): s ((A + 2 zl lse) p_j - a_j), compute dtype.
 
-        `row_scale` (n,) float64 holds d(reduced loss)/d(row loss) times the incoming gradient. With
-        `inplace`, z (already in the compute dtype) is overwritten with the gradient.
+        `row_scale` (n,) float64 holds d(reduced loss)/d(row loss) times the incoming gradient. `out`, a
+        (n_c, V_local) tensor of the compute dtype, receives the gradient (it may be z itself).
         """
         c = self.combined
-        s = torch.where(c.kept[rows], row_scale[rows], torch.zeros_like(row_scale[rows]))
-        if inplace:
-            grad = z.sub_(c.lse[rows][:, None])
-        else:
-            grad = z.to(self.dtype) - c.lse[rows][:, None]
-        grad.exp_()  # softmax(z)_j = exp(z_j - lse): local, the global lse is all it needs
+        kept = c.kept[rows]
+        s = torch.where(kept, row_scale[rows], torch.zeros_like(row_scale[rows]))
+        lse = c.lse[rows][:, None]
+        # 1. softmax(z)_j = exp(z_j - lse): local, the global lse is all it needs
+        grad = torch.sub(z, lse, out=out) if out is not None else z.to(self.dtype) - lse
+        grad.exp_()
         self._fix_infinite(grad, rows)
-        grad *= (s * c.coef_total[rows]).to(self.dtype)[:, None]
+        # 2. times s (A + 2 zl lse), minus s a_j: the smoothing part in the same pass when it is uniform
+        factor = (s * c.coef_total[rows]).to(self.dtype)[:, None]
+        if self.labels is not None and self.options.label_smoothing and self.local_weight is None:
+            torch.addcmul(-(s * self.smooth_coef[rows]).to(self.dtype)[:, None], grad, factor, out=grad)
+        else:
+            grad *= factor
+            if self.labels is not None and self.options.label_smoothing:
+                grad -= (s * self.smooth_coef[rows]).to(self.dtype)[:, None] * self.local_weight
+            elif self.labels is None:
+                grad -= self._prob_coef(rows) * s.to(self.dtype)[:, None]
         if self.labels is not None:
             owned = torch.nonzero(self.owned[rows]).reshape(-1)
             coef = (s * self.target_coef[rows]).to(self.dtype)
             grad[owned, self.local_index[rows][owned]] -= coef[owned]
-            if self.options.label_smoothing:
-                smooth = (s * self.smooth_coef[rows]).to(self.dtype)[:, None]
-                grad -= smooth if self.local_weight is None else smooth * self.local_weight
-        else:
-            grad -= self._prob_coef(rows) * s.to(self.dtype)[:, None]
-        # rows not kept (ignored, or all -inf) get exactly 0, also where exp above gave NaN
-        return grad.masked_fill_(~c.kept[rows][:, None], 0.0)
+        # 3. rows not kept (ignored, or all -inf) get exactly 0, also where exp above gave NaN
+        dropped = torch.nonzero(~kept).reshape(-1)
+        if dropped.numel():
+            grad[dropped] = 0.0
+        return grad
 
     def _fix_infinite(self, grad: torch.Tensor, rows: slice) -> None:
         """Rows holding +inf: softmax is 1/k at each of the k +inf entries, where exp(inf - inf) gave NaN."""

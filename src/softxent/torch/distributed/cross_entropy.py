@@ -58,7 +58,7 @@ def vocab_parallel_cross_entropy(local_logits: torch.Tensor, target: torch.Tenso
     rank's arguments are invalid or ranks disagree on shapes, dtypes, options, targets or class weights
     (compared exactly by fingerprints): the handshake is a fixed-size collective, so no rank waits
     forever for another with other sizes. A rank that does not take part at all is caught by `timeout`:
-    CollectiveError (a RuntimeError) on the waiting ranks.
+    CollectiveError (a RuntimeError) on the waiting ranks; the group is then unusable (gloo closes it).
 
     Args:
         local_logits: this rank's logits, shape (..., V_r): classes last (the LLM layout; for 2-D input the
@@ -152,9 +152,13 @@ def vocab_parallel_cross_entropy_backward(grad_output: torch.Tensor, local_logit
     problem = plan.problem
     z = local_logits.reshape(problem.num_rows, local_logits.shape[-1])
     scale = problem.row_scale(grad_output)
-    grad = torch.empty_like(z)
+    grad = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    direct = z.dtype == problem.dtype  # write straight into the result, else through a compute-dtype chunk
     for rows in _chunks(*z.shape):
-        grad[rows] = problem.gradient(z[rows], rows, scale)
+        if direct:
+            problem.gradient(z[rows], rows, scale, out=grad[rows])
+        else:
+            grad[rows] = problem.gradient(z[rows], rows, scale)
     return grad.reshape(local_logits.shape)
 
 

@@ -171,7 +171,7 @@ def vocab_parallel_linear_cross_entropy_backward(grad_output: torch.Tensor, x: t
         if z is None:
             z = _logits(rows2d[rows], w, b, problem.dtype)
         # 2. overwrite them with d(loss)/d(logits)
-        grad = problem.gradient(z, rows, scale, inplace=True)
+        grad = problem.gradient(z, rows, scale, out=z)
         # 3. fold the chunk into the layer's gradients
         if dx is not None:
             dx[rows] = grad.to(w.dtype) @ w
