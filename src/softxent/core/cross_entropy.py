@@ -230,6 +230,9 @@ class CrossEntropyRows:
         if shift.masked is not None:
             loss[shift.masked] = 0.0  # a fully masked row carries no information (rule 2)
             kept[shift.masked] = False
+        # ignored rows give exactly 0 even when their logits are +inf or NaN (padding), where the products
+        # with kept above are inf * 0 = NaN
+        loss[~kept] = 0.0
 
         # 5. the gradient: dz_j = s (A + 2 z lse) p_j - s a_j, with p = e / sum e and A = sum_j a_j
         if grad_out is not None:
@@ -252,6 +255,7 @@ class CrossEntropyRows:
                 buf *= scratch.tanh
             if options.temperature != 1.0:
                 buf /= options.temperature
+            buf[~kept] = 0.0  # ignored rows with NaN logits: NaN * 0 left NaN above
             np.copyto(grad_out, buf, casting="unsafe")
         return loss
 

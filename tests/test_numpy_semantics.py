@@ -1,0 +1,40 @@
+"""The ten semantic decisions of API.md, each pinned on small hand-made inputs, plus axes, keepdims,
+logsumexp's `b` (against scipy.special) and `where`.
+
+References are float64 NumPy written out here the naive way, on inputs small enough for that to be
+exact to float64 rounding, or scipy.special; hand values are explained where they appear.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.special as ss
+
+import softxent as sx
+from compare import assert_close
+
+INF = np.inf
+ROWS = np.array([[1.0, 2.0, 3.0, -1.0], [0.5, 0.5, -2.0, 4.0], [3.0, -3.0, 0.0, 1.0]])  # (3, 4)
+
+
+def _no_nan(*arrays):
+    for a in arrays:
+        assert not np.isnan(np.asarray(a, dtype=np.float64)).any(), a
+
+
+@pytest.mark.parametrize("options", [{"z_loss": 0.1}, {"label_smoothing": 0.1},
+                                     {"label_smoothing": 0.1, "weight": [1.0, 2.0, 3.0], "softcap": 2.0}],
+                         ids=lambda o: ",".join(o))
+def test_regression_ignored_rows_with_nonfinite_logits_gave_nan(options):
+    """An ignored row's z_loss and smoothing terms were multiplied by the kept mask, and its gradient by 0,
+    so +inf or NaN logits there (padding positions) gave inf * 0 = NaN and poisoned the whole loss.
+    Ignored rows contribute exactly 0 loss and 0 gradient, whatever their logits (torch: NaN gradient)."""
+    x = np.array([[INF, 0.0, 1.0], [np.nan, 0.0, 1.0], [1.0, 2.0, 3.0]])
+    t = np.array([-100, -100, 2])
+    loss, grad = sx.cross_entropy(x, t, return_grad=True, **options)
+    ref, ref_grad = sx.cross_entropy(x[2:], t[2:], return_grad=True, **options)
+    assert_close(loss, ref)
+    np.testing.assert_array_equal(grad[:2], 0.0)
+    assert_close(grad[2:], ref_grad)
+    np.testing.assert_array_equal(sx.cross_entropy(x, t, reduction="none", **options)[:2], 0.0)
