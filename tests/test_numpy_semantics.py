@@ -23,6 +23,19 @@ def _no_nan(*arrays):
         assert not np.isnan(np.asarray(a, dtype=np.float64)).any(), a
 
 
+def test_regression_weighted_row_sums_warned_on_zero_times_minus_inf():
+    """The 0 * -inf fallback of _weighted_row_sums ran outside np.errstate and raised RuntimeWarning
+    (an error under the suite's filterwarnings) for a zero target probability on a -inf logit."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = sx.cross_entropy([[-INF, 0.0]], np.array([[0.0, 1.0]]), return_grad=True)[0]
+        weighted = sx.cross_entropy([[-INF, 0.0, 1.0]], [1], weight=[0.0, 1.0, 1.0], label_smoothing=0.1)
+    assert loss == 0.0
+    assert np.isfinite(weighted)
+
+
 @pytest.mark.parametrize("options", [{"z_loss": 0.1}, {"label_smoothing": 0.1},
                                      {"label_smoothing": 0.1, "weight": [1.0, 2.0, 3.0], "softcap": 2.0}],
                          ids=lambda o: ",".join(o))

@@ -284,13 +284,13 @@ def _weighted_row_sums(shifted: np.ndarray, weight: np.ndarray | None) -> np.nda
     """sum_j weight_j d_j per row (weight a vector, a matrix or None for ones), with 0 * -inf = 0."""
     if weight is None:
         return shifted.sum(axis=1)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"):  # 0 * -inf here and in the fallback: replaced by 0 below
         sums = shifted @ weight if weight.ndim == 1 else np.einsum("ij,ij->i", shifted, weight)
-    broken = np.flatnonzero(np.isnan(sums))
-    if broken.size:  # a -inf logit on a class of weight 0: that term is 0 (rule 4), NaN logits stay NaN
-        part = shifted[broken]
-        w = weight if weight.ndim == 1 else weight[broken]
-        sums[broken] = np.where(w > 0, part * w, np.where(np.isnan(part), np.nan, 0.0)).sum(axis=1)
+        broken = np.flatnonzero(np.isnan(sums))
+        if broken.size:  # a -inf logit on a class of weight 0: that term is 0 (rule 4), NaN logits stay NaN
+            part = shifted[broken]
+            w = weight if weight.ndim == 1 else weight[broken]
+            sums[broken] = np.where(w > 0, part * w, np.where(np.isnan(part), np.nan, 0.0)).sum(axis=1)
     return sums
 
 
