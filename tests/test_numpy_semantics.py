@@ -51,3 +51,19 @@ def test_regression_ignored_rows_with_nonfinite_logits_gave_nan(options):
     np.testing.assert_array_equal(grad[:2], 0.0)
     assert_close(grad[2:], ref_grad)
     np.testing.assert_array_equal(sx.cross_entropy(x, t, reduction="none", **options)[:2], 0.0)
+
+
+def test_regression_softcap_unmasked_minus_inf_logits():
+    """softcap * tanh(-inf / softcap) = -softcap, so a -inf (masked) logit came back as a live class:
+    a fully masked row gave loss log C instead of 0, and a masked class took probability mass.
+    Decided: -inf stays a mask under softcap (masks apply after the cap, as in Gemma 2)."""
+    x = np.array([[-INF, -INF, -INF], [-INF, 0.5, 2.0]])
+    loss, grad = sx.cross_entropy(x, [0, 2], softcap=3.0, reduction="none", return_grad=True)
+    capped = 3.0 * np.tanh(np.array([0.5, 2.0]) / 3.0)
+    assert loss[0] == 0.0
+    assert_close(loss[1], -ss.log_softmax(capped)[1])
+    np.testing.assert_array_equal(grad[:, 0], 0.0)
+    np.testing.assert_array_equal(grad[0], 0.0)
+    # with probability targets the masked class keeps 0 log 0 = 0
+    p = np.array([[0.0, 0.5, 0.5], [0.0, 0.5, 0.5]])
+    assert sx.cross_entropy(x, p, softcap=3.0, reduction="none")[0] == 0.0

@@ -186,6 +186,9 @@ class CrossEntropyRows:
                 if scratch.tanh is not None:
                     scratch.tanh[...] = buf  # for the chain rule: dz/dx = (1 - tanh^2) / T
                 buf *= options.softcap / options.temperature
+                # a -inf logit is a mask, not a score: the cap would lift it to -softcap and give the
+                # masked class mass, so it stays -inf (masks apply after the cap, as in Gemma 2)
+                np.copyto(buf, -np.inf, where=np.isneginf(logits))
             elif options.temperature != 1.0:
                 buf /= options.temperature
             shift = shift_rows(buf, buf)
