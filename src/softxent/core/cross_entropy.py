@@ -63,7 +63,7 @@ def cross_entropy(logits: Any, target: Any, *, axis: int = -1, weight: Any = Non
         raise ValueError("logits must have at least one dimension (the classes); got a scalar")
     options = LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                           z_loss=z_loss, softcap=softcap, temperature=temperature)
-    if isinstance(axis, tuple):
+    if axis is None or isinstance(axis, tuple):
         raise TypeError(f"axis must be an int for cross_entropy (one class axis); got {axis!r}")
     (class_axis,) = v.normalize_axes(axis, logits.ndim)
     rows = Rows(logits, (class_axis,))
