@@ -547,3 +547,16 @@ def test_regression_softcap_unmasked_minus_inf_logits():
     # with probability targets the masked class keeps 0 log 0 = 0
     p = np.array([[0.0, 0.5, 0.5], [0.0, 0.5, 0.5]])
     assert sx.cross_entropy(x, p, softcap=3.0, reduction="none")[0] == 0.0
+
+
+def test_regression_row_spanning_more_than_the_float_range_warned_overflow():
+    """x - max(x) overflowed to -inf for a row holding 1e308 and -1e308 and NumPy warned (an error in
+    this suite); -inf is the right shifted value, since its exp rounds to 0 either way."""
+    x = np.array([[1e308, -1e308, 1e308], [-1e308, 0.0, 1.0]])
+    assert_close(sx.logsumexp(x), [1e308 + np.log(2.0), ss.logsumexp(x[1])])
+    np.testing.assert_array_equal(sx.softmax(x)[0], [0.5, 0.0, 0.5])
+    np.testing.assert_array_equal(sx.softmax(x, temperature=0.5)[0], [0.5, 0.0, 0.5])
+    np.testing.assert_array_equal(sx.log_softmax(x)[0], [-np.log(2.0), -INF, -np.log(2.0)])
+    loss, grad = sx.cross_entropy(x, [0, 2], reduction="none", return_grad=True)
+    assert_close(loss, [np.log(2.0), -ss.log_softmax(x[1])[2]])
+    assert_close(grad[0], [-0.5, 0.0, 0.5])
