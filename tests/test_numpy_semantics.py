@@ -560,3 +560,15 @@ def test_regression_row_spanning_more_than_the_float_range_warned_overflow():
     loss, grad = sx.cross_entropy(x, [0, 2], reduction="none", return_grad=True)
     assert_close(loss, [np.log(2.0), -ss.log_softmax(x[1])[2]])
     assert_close(grad[0], [-0.5, 0.0, 0.5])
+
+
+def test_regression_z_loss_overflow_warned_on_huge_logits():
+    """z * lse**2 overflows float64 for lse ~ 1e160 and up: NumPy warned (an error in this suite), even
+    for an ignored row, which contributes 0. A kept row's z-loss is +inf, the value it rounds to."""
+    x = np.array([[4e307, 0.0], [1.0, 2.0]])
+    loss, grad = sx.cross_entropy(x, [-100, 1], z_loss=1e-3, return_grad=True)
+    ref, ref_grad = sx.cross_entropy(x[1:], [1], z_loss=1e-3, return_grad=True)
+    assert_close(loss, ref)
+    np.testing.assert_array_equal(grad[0], 0.0)
+    assert_close(grad[1:], ref_grad)
+    assert sx.cross_entropy(x, [0, 1], z_loss=1e-3, reduction="none")[0] == INF

@@ -221,7 +221,9 @@ class CrossEntropyRows:
         lse = shift.lse(log_sum)
 
         # 4. the loss: sum_j a_j (L - d_j) + z lse^2, a sum of terms >= 0 (d <= 0 <= L)
-        with np.errstate(invalid="ignore"):  # 0 * inf where a coefficient is 0: dropped just below
+        # 0 * inf where a coefficient is 0: dropped just below; z * lse**2 may overflow to +inf, the value
+        # it rounds to (and 0 for an ignored row)
+        with np.errstate(invalid="ignore", over="ignore"):
             if labels is not None:
                 loss = np.where(target_coef > 0, target_coef * (log_sum - target_d), 0.0)
                 if smoothing:
