@@ -81,6 +81,15 @@ def test_translation_invariance(data):
     assert_close(sx.log_softmax(y, axis=axis), sx.log_softmax(x, axis=axis), scale=100)
     assert_close(sx.logsumexp(y, axis=axis, keepdims=True), sx.logsumexp(x, axis=axis, keepdims=True) + c,
                  scale=100)
+    # the loss too (without z_loss, which sees lse, and softcap, which is not a shift), with its gradient
+    if isinstance(axis, int):
+        batch = tuple(int(s) for i, s in enumerate(x.shape) if i != axis % x.ndim)
+        labels = data.draw(labels_for(batch, x.shape[axis], ignore_index=-100))
+        smoothing = data.draw(st.sampled_from([0.0, 0.2]))
+        loss, grad = sx.cross_entropy(y, labels, axis=axis, label_smoothing=smoothing, return_grad=True)
+        ref, ref_grad = sx.cross_entropy(x, labels, axis=axis, label_smoothing=smoothing, return_grad=True)
+        assert_close(loss, ref, scale=100)
+        assert_close(grad, ref_grad, scale=100)
 
 
 @given(logits(min_dims=1, max_dims=2, dtypes=(np.float64,), bound=10.0, max_side=5))
