@@ -547,6 +547,16 @@ def test_regression_softcap_unmasked_minus_inf_logits():
     # with probability targets the masked class keeps 0 log 0 = 0
     p = np.array([[0.0, 0.5, 0.5], [0.0, 0.5, 0.5]])
     assert sx.cross_entropy(x, p, softcap=3.0, reduction="none")[0] == 0.0
+    # the fused linear layer, whose kernel may work in the logits' own memory, masks with a -inf bias
+    rng = np.random.default_rng(0)
+    h, w = rng.normal(size=(4, 2)), rng.normal(size=(3, 2))
+    bias = np.array([0.0, -INF, 0.5])
+    loss, (dh, dw, db) = sx.linear_cross_entropy(h, w, [0, 2, 0, 2], bias=bias, softcap=3.0, return_grad=True)
+    ref, dz = sx.cross_entropy(h @ w.T + bias, [0, 2, 0, 2], softcap=3.0, return_grad=True)
+    assert_close(loss, ref)
+    assert_close(dh, dz @ w)
+    np.testing.assert_array_equal(dz[:, 1], 0.0)
+    assert_close(loss, sx.cross_entropy(3.0 * np.tanh((h @ w[[0, 2]].T + bias[[0, 2]]) / 3.0), [0, 1, 0, 1]))
 
 
 def test_regression_row_spanning_more_than_the_float_range_warned_overflow():

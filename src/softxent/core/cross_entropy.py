@@ -179,6 +179,10 @@ class CrossEntropyRows:
 
         # 1. z = softcap * tanh(x / softcap) / T in the working precision, then d = z - max z
         if options.transforms_logits:
+            # a -inf logit is a mask, not a score: the cap would lift it to -softcap and give the masked
+            # class mass, so it stays -inf (masks apply after the cap, as in Gemma 2); found before buf,
+            # which may be the logits' own memory, is written
+            capped_masks = np.isneginf(logits) if options.softcap is not None else None
             np.copyto(buf, logits, casting="unsafe")
             if options.softcap is not None:
                 buf /= options.softcap
@@ -186,9 +190,7 @@ class CrossEntropyRows:
                 if scratch.tanh is not None:
                     scratch.tanh[...] = buf  # for the chain rule: dz/dx = (1 - tanh^2) / T
                 buf *= options.softcap / options.temperature
-                # a -inf logit is a mask, not a score: the cap would lift it to -softcap and give the
-                # masked class mass, so it stays -inf (masks apply after the cap, as in Gemma 2)
-                np.copyto(buf, -np.inf, where=np.isneginf(logits))
+                np.copyto(buf, -np.inf, where=capped_masks)
             elif options.temperature != 1.0:
                 buf /= options.temperature
             shift = shift_rows(buf, buf)
