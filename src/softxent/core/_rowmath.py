@@ -52,7 +52,10 @@ def shift_rows(x: np.ndarray, out: np.ndarray) -> Shift:
         masked = np.flatnonzero(value == -np.inf)
         infinite = np.flatnonzero(value == np.inf)
         value[special] = 0.0
-    np.subtract(x, value[:, None], out=out, dtype=out.dtype)
+    # a row spanning more than the float range (1e308 and -1e308) overflows to -inf here: exp(-inf) = 0
+    # is what the entry rounds to anyway, so the overflow is silenced, not an error
+    with np.errstate(over="ignore"):
+        np.subtract(x, value[:, None], out=out, dtype=out.dtype)
     if infinite is not None and infinite.size:
         out[infinite] = np.where(x[infinite] == np.inf, 0.0, -np.inf)
     return Shift(value, first, masked if masked is not None and masked.size else None,

@@ -63,7 +63,7 @@ def cross_entropy(logits: Any, target: Any, *, axis: int = -1, weight: Any = Non
         raise ValueError("logits must have at least one dimension (the classes); got a scalar")
     options = LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                           z_loss=z_loss, softcap=softcap, temperature=temperature)
-    if isinstance(axis, tuple):
+    if axis is None or isinstance(axis, tuple):
         raise TypeError(f"axis must be an int for cross_entropy (one class axis); got {axis!r}")
     (class_axis,) = v.normalize_axes(axis, logits.ndim)
     rows = Rows(logits, (class_axis,))
@@ -180,6 +180,10 @@ class CrossEntropyRows:
 
         # 1. z = softcap * tanh(x / softcap) / T in the working precision, then d = z - max z
         if options.transforms_logits:
+            # a -inf logit is a mask, not a score: the cap would lift it to -softcap and give the masked
+            # class mass, so it stays -inf (masks apply after the cap, as in Gemma 2); found before buf,
+            # which may be the logits' own memory, is written
+            capped_masks = np.isneginf(logits) if options.softcap is not None else None
             np.copyto(buf, logits, casting="unsafe")
             if options.softcap is not None:
                 buf /= options.softcap
@@ -187,6 +191,7 @@ class CrossEntropyRows:
                 if scratch.tanh is not None:
                     scratch.tanh[...] = buf  # for the chain rule: dz/dx = (1 - tanh^2) / T
                 buf *= options.softcap / options.temperature
+                np.copyto(buf, -np.inf, where=capped_masks)
             elif options.temperature != 1.0:
                 buf /= options.temperature
             shift = shift_rows(buf, buf)
@@ -219,7 +224,9 @@ class CrossEntropyRows:
         lse = shift.lse(log_sum)
 
         # 4. the loss: sum_j a_j (L - d_j) + z lse^2, a sum of terms >= 0 (d <= 0 <= L)
-        with np.errstate(invalid="ignore"):  # 0 * inf where a coefficient is 0: dropped just below
+        # 0 * inf where a coefficient is 0: dropped just below; z * lse**2 may overflow to +inf, the value
+        # it rounds to (and 0 for an ignored row)
+        with np.errstate(invalid="ignore", over="ignore"):
             if labels is not None:
                 loss = np.where(target_coef > 0, target_coef * (log_sum - target_d), 0.0)
                 if smoothing:
@@ -231,6 +238,9 @@ class CrossEntropyRows:
         if shift.masked is not None:
             loss[shift.masked] = 0.0  # a fully masked row carries no information (rule 2)
             kept[shift.masked] = False
+        # ignored rows give exactly 0 even when their logits are +inf or NaN (padding), where the products
+        # with kept above are inf * 0 = NaN
+        loss[~kept] = 0.0
 
         # 5. the gradient: dz_j = s (A + 2 z lse) p_j - s a_j, with p = e / sum e and A = sum_j a_j
         if grad_out is not None:
@@ -253,6 +263,7 @@ class CrossEntropyRows:
                 buf *= scratch.tanh
             if options.temperature != 1.0:
                 buf /= options.temperature
+            buf[~kept] = 0.0  # ignored rows with NaN logits: NaN * 0 left NaN above
             if buf is not grad_out:
                 np.copyto(grad_out, buf, casting="unsafe")
         return loss
@@ -284,13 +295,13 @@ def _weighted_row_sums(shifted: np.ndarray, weight: np.ndarray | None) -> np.nda
     """sum_j weight_j d_j per row (weight a vector, a matrix or None for ones), with 0 * -inf = 0."""
     if weight is None:
         return shifted.sum(axis=1)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"):  # 0 * -inf here and in the fallback: replaced by 0 below
         sums = shifted @ weight if weight.ndim == 1 else np.einsum("ij,ij->i", shifted, weight)
-    broken = np.flatnonzero(np.isnan(sums))
-    if broken.size:  # a -inf logit on a class of weight 0: that term is 0 (rule 4), NaN logits stay NaN
-        part = shifted[broken]
-        w = weight if weight.ndim == 1 else weight[broken]
-        sums[broken] = np.where(w > 0, part * w, np.where(np.isnan(part), np.nan, 0.0)).sum(axis=1)
+        broken = np.flatnonzero(np.isnan(sums))
+        if broken.size:  # a -inf logit on a class of weight 0: that term is 0 (rule 4), NaN logits stay NaN
+            part = shifted[broken]
+            w = weight if weight.ndim == 1 else weight[broken]
+            sums[broken] = np.where(w > 0, part * w, np.where(np.isnan(part), np.nan, 0.0)).sum(axis=1)
     return sums
 
 

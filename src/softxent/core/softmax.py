@@ -116,7 +116,8 @@ def _rowwise(x: Any, axis: Any, temperature: float, where: Any, precision: Calla
             spare_block = None if spare_all is None else spare_all[:size]
             shift = shift_rows(data[block], scratch)
             if temperature != 1.0:
-                scratch /= temperature  # (x - m) / T: max(x / T) is max(x) / T for T > 0
+                with np.errstate(over="ignore"):  # d / T below the float range is -inf, its exp 0
+                    scratch /= temperature  # (x - m) / T: max(x / T) is max(x) / T for T > 0
             finish(out[block], shift, scratch, spare_block)
 
     if num_classes:
