@@ -179,24 +179,28 @@ class CrossEntropyRows:
         buf = grad_out if scratch.main is None else scratch.main
 
         # 1. z = softcap * tanh(x / softcap) / T in the working precision, then d = z - max z
-        if options.transforms_logits:
+        if options.softcap is not None:
             # a -inf logit is a mask, not a score: the cap would lift it to -softcap and give the masked
             # class mass, so it stays -inf (masks apply after the cap, as in Gemma 2); found before buf,
             # which may be the logits' own memory, is written
-            capped_masks = np.isneginf(logits) if options.softcap is not None else None
+            capped_masks = np.isneginf(logits)
             np.copyto(buf, logits, casting="unsafe")
-            if options.softcap is not None:
+            with np.errstate(over="ignore"):  # x / softcap beyond the float range: tanh(inf) = 1 is right
                 buf /= options.softcap
-                np.tanh(buf, out=buf)
-                if scratch.tanh is not None:
-                    scratch.tanh[...] = buf  # for the chain rule: dz/dx = (1 - tanh^2) / T
-                buf *= options.softcap / options.temperature
-                np.copyto(buf, -np.inf, where=capped_masks)
-            elif options.temperature != 1.0:
-                buf /= options.temperature
+            np.tanh(buf, out=buf)
+            if scratch.tanh is not None:
+                scratch.tanh[...] = buf  # for the chain rule: dz/dx = (1 - tanh^2) / T
+            buf *= options.softcap / options.temperature
+            np.copyto(buf, -np.inf, where=capped_masks)
             shift = shift_rows(buf, buf)
         else:
             shift = shift_rows(logits, buf)
+            if options.temperature != 1.0:
+                # (x - m) / T after the shift, so x / T never overflows; max(x / T) is m / T for T > 0.
+                # Beyond the float range (T < 1 and |x| near the maximum) the result is that large
+                with np.errstate(over="ignore"):
+                    buf /= options.temperature
+                    shift.value /= options.temperature
 
         # 2. the target's coefficients a_j (loss = sum_j a_j (lse - z_j)) and the sums that need d
         if labels is not None:
