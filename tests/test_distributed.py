@@ -429,7 +429,7 @@ FAULTS = {  # what -> (exception type, words every rank's message contains)
     "dtype": ("ValueError", "disagree on the dtype of local_logits"),
     "target": ("ValueError", "same global class ids"),
     "local": ("TypeError", "rejected its arguments: local_logits must have a real floating-point dtype"),
-    "label": ("ValueError", "holds class index 100 at position (2), outside [0, "),  # V = 3 + 4 (+ 5)
+    "label": ("ValueError", "holds class index 100 at position (2,), outside [0, "),  # V = 3 + 4 (+ 5)
     "options": ("ValueError", "disagree on label_smoothing"),
     "probs": ("ValueError", "must hold probabilities >= 0"),
     "linear": ("ValueError", "same activations"),
