@@ -582,3 +582,12 @@ def test_regression_z_loss_overflow_warned_on_huge_logits():
     np.testing.assert_array_equal(grad[0], 0.0)
     assert_close(grad[1:], ref_grad)
     assert sx.cross_entropy(x, [0, 1], z_loss=1e-3, reduction="none")[0] == INF
+
+
+def test_regression_temperature_overflowed_before_the_shift():
+    # x / T was formed before subtracting the max: 1e308 / 0.5 overflowed and the loss came out log 2
+    logits = np.array([[1e308, 0.9e308, 0.0]])
+    loss = sx.cross_entropy(logits, np.array([1]), temperature=0.5)
+    assert np.isclose(loss, 0.1e308 / 0.5, rtol=1e-12)
+    exact = sx.cross_entropy(logits / 1e300, np.array([1]), temperature=0.5)  # the same row, scaled down
+    assert np.isclose(loss, exact * 1e300, rtol=1e-12)
