@@ -20,7 +20,7 @@ $(VENV)/.dev: $(PY) pyproject.toml requirements/constraints.txt
 	touch $@
 
 demo: $(VENV)/.demo
-	$(VENV)/bin/softxent explain 1 2 3
+	$(VENV)/bin/softxent train
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q

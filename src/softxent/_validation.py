@@ -179,7 +179,7 @@ def check_weight_shape(weight_shape: Sequence[int], num_classes: int, name: str 
 
 def bad_label_error(label: int, position: Sequence[int], num_classes: int, ignore_index: int | None,
                     name: str = "target") -> ValueError:
-    where = "(" + ", ".join(str(int(p)) for p in position) + ")"
+    where = str(tuple(int(p) for p in position))
     ignored = "" if ignore_index is None else f" and not ignore_index ({ignore_index})"
     return ValueError(
         f"{name} holds class index {int(label)} at position {where}, outside [0, {num_classes}){ignored}"
@@ -187,7 +187,7 @@ def bad_label_error(label: int, position: Sequence[int], num_classes: int, ignor
 
 
 def bad_probability_error(value: float, position: Sequence[int], name: str = "target") -> ValueError:
-    where = "(" + ", ".join(str(int(p)) for p in position) + ")"
+    where = str(tuple(int(p) for p in position))
     return ValueError(f"{name} must hold probabilities >= 0 (no NaN); got {value!r} at position {where}")
 
 

@@ -10,6 +10,8 @@ import sys
 # `softxent explain` never pays for matplotlib or torch
 COMMANDS = {
     "explain": ("softxent.cli.explain", "show every quantity of softmax and its loss for a few scores"),
+    "train": ("softxent.cli.train", "train a classifier on softxent's loss, compare with scikit-learn, draw it"),
+    "bench": ("softxent.cli.bench", "run the benchmark scripts and tabulate softxent against its peers"),
 }
 
 

@@ -78,9 +78,11 @@ class Rows:
 
 # --- rows in cache-sized blocks, spans of rows on threads --------------------------------------------
 
-# A block of rows fills about a quarter of a core's L2 cache in the working precision, so the several
-# sweeps over a block (max, subtract, exp, sum, scale) read it from cache, not from memory.
-_BLOCK_BYTES = 256 * 1024
+# A block of rows is about 2 MiB in the working precision (8 rows of 32000 float64): small enough that
+# the several sweeps over it (max, subtract, exp, sum, scale) hit the cache, large enough that the
+# few dozen NumPy calls per block cost little next to the arithmetic. Python holds the GIL between
+# those calls, so with blocks of one short row the threads would wait on each other.
+_BLOCK_BYTES = 2 * 1024 * 1024
 # Below this many elements a thread pool costs more than it saves.
 _PARALLEL_MIN_ELEMENTS = 1 << 20
 

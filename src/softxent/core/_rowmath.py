@@ -52,7 +52,10 @@ def shift_rows(x: np.ndarray, out: np.ndarray) -> Shift:
         masked = np.flatnonzero(value == -np.inf)
         infinite = np.flatnonzero(value == np.inf)
         value[special] = 0.0
-    np.subtract(x, value[:, None], out=out, dtype=out.dtype)
+    # a row spanning more than the float range (1e308 and -1e308) overflows to -inf here: exp(-inf) = 0
+    # is what the entry rounds to anyway, so the overflow is silenced, not an error
+    with np.errstate(over="ignore"):
+        np.subtract(x, value[:, None], out=out, dtype=out.dtype)
     if infinite is not None and infinite.size:
         out[infinite] = np.where(x[infinite] == np.inf, 0.0, -np.inf)
     return Shift(value, first, masked if masked is not None and masked.size else None,
@@ -68,7 +71,7 @@ def exp_log_sum(shifted: np.ndarray, first: np.ndarray, out: np.ndarray) -> tupl
     rows = np.arange(out.shape[0])
     top = out[rows, first].copy()  # 1, or 0 in a fully masked row, or NaN in a NaN row
     out[rows, first] = 0.0
-    rest = out.sum(axis=1)
+    rest = out.sum(axis=1, dtype=np.promote_types(out.dtype, np.float64))  # float32 e summed in float64
     out[rows, first] = top
     total = top + rest
     with np.errstate(divide="ignore"):  # log(0) = -inf for fully masked rows is the intended limit

@@ -63,7 +63,7 @@ def cross_entropy(logits: Any, target: Any, *, axis: int = -1, weight: Any = Non
         raise ValueError("logits must have at least one dimension (the classes); got a scalar")
     options = LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                           z_loss=z_loss, softcap=softcap, temperature=temperature)
-    if isinstance(axis, tuple):
+    if axis is None or isinstance(axis, tuple):
         raise TypeError(f"axis must be an int for cross_entropy (one class axis); got {axis!r}")
     (class_axis,) = v.normalize_axes(axis, logits.ndim)
     rows = Rows(logits, (class_axis,))
@@ -159,7 +159,8 @@ class CrossEntropyRows:
         def work(start: int, stop: int) -> None:
             scratch = _Scratch((min(step, stop - start), num_classes), work_dtype,
                                tanh=grad_out is not None and self.options.softcap is not None,
-                               coef=probs is not None)
+                               coef=probs is not None,
+                               main=grad_out is None or grad_out.dtype != work_dtype)
             for block in blocks(start, stop, step):
                 losses[block] = self._block(
                     logits[block], None if labels is None else labels[block],
@@ -175,22 +176,31 @@ class CrossEntropyRows:
         smoothing = options.label_smoothing
         n = logits.shape[0]
         rows = np.arange(n)
-        buf = scratch.main
+        buf = grad_out if scratch.main is None else scratch.main
 
         # 1. z = softcap * tanh(x / softcap) / T in the working precision, then d = z - max z
-        if options.transforms_logits:
+        if options.softcap is not None:
+            # a -inf logit is a mask, not a score: the cap would lift it to -softcap and give the masked
+            # class mass, so it stays -inf (masks apply after the cap, as in Gemma 2); found before buf,
+            # which may be the logits' own memory, is written
+            capped_masks = np.isneginf(logits)
             np.copyto(buf, logits, casting="unsafe")
-            if options.softcap is not None:
+            with np.errstate(over="ignore"):  # x / softcap beyond the float range: tanh(inf) = 1 is right
                 buf /= options.softcap
-                np.tanh(buf, out=buf)
-                if scratch.tanh is not None:
-                    scratch.tanh[...] = buf  # for the chain rule: dz/dx = (1 - tanh^2) / T
-                buf *= options.softcap / options.temperature
-            elif options.temperature != 1.0:
-                buf /= options.temperature
+            np.tanh(buf, out=buf)
+            if scratch.tanh is not None:
+                scratch.tanh[...] = buf  # for the chain rule: dz/dx = (1 - tanh^2) / T
+            buf *= options.softcap / options.temperature
+            np.copyto(buf, -np.inf, where=capped_masks)
             shift = shift_rows(buf, buf)
         else:
             shift = shift_rows(logits, buf)
+            if options.temperature != 1.0:
+                # (x - m) / T after the shift, so x / T never overflows; max(x / T) is m / T for T > 0.
+                # Beyond the float range (T < 1 and |x| near the maximum) the result is that large
+                with np.errstate(over="ignore"):
+                    buf /= options.temperature
+                    shift.value /= options.temperature
 
         # 2. the target's coefficients a_j (loss = sum_j a_j (lse - z_j)) and the sums that need d
         if labels is not None:
@@ -218,7 +228,9 @@ class CrossEntropyRows:
         lse = shift.lse(log_sum)
 
         # 4. the loss: sum_j a_j (L - d_j) + z lse^2, a sum of terms >= 0 (d <= 0 <= L)
-        with np.errstate(invalid="ignore"):  # 0 * inf where a coefficient is 0: dropped just below
+        # 0 * inf where a coefficient is 0: dropped just below; z * lse**2 may overflow to +inf, the value
+        # it rounds to (and 0 for an ignored row)
+        with np.errstate(invalid="ignore", over="ignore"):
             if labels is not None:
                 loss = np.where(target_coef > 0, target_coef * (log_sum - target_d), 0.0)
                 if smoothing:
@@ -230,6 +242,9 @@ class CrossEntropyRows:
         if shift.masked is not None:
             loss[shift.masked] = 0.0  # a fully masked row carries no information (rule 2)
             kept[shift.masked] = False
+        # ignored rows give exactly 0 even when their logits are +inf or NaN (padding), where the products
+        # with kept above are inf * 0 = NaN
+        loss[~kept] = 0.0
 
         # 5. the gradient: dz_j = s (A + 2 z lse) p_j - s a_j, with p = e / sum e and A = sum_j a_j
         if grad_out is not None:
@@ -252,20 +267,24 @@ class CrossEntropyRows:
                 buf *= scratch.tanh
             if options.temperature != 1.0:
                 buf /= options.temperature
-            np.copyto(grad_out, buf, casting="unsafe")
+            buf[~kept] = 0.0  # ignored rows with NaN logits: NaN * 0 left NaN above
+            if buf is not grad_out:
+                np.copyto(grad_out, buf, casting="unsafe")
         return loss
 
 
 @dataclass
 class _Scratch:
-    """A thread's scratch buffers: the working rows, tanh for softcap's chain rule, target coefficients."""
+    """A thread's scratch buffers: the working rows (None: work in grad_out), tanh for softcap's chain
+    rule, probability targets' coefficients."""
 
-    main: np.ndarray
+    main: np.ndarray | None
     tanh: np.ndarray | None
     coef: np.ndarray | None
 
-    def __init__(self, shape: tuple, dtype: np.dtype, *, tanh: bool, coef: bool):
-        self.main = np.empty(shape, dtype=dtype)
+    def __init__(self, shape: tuple, dtype: np.dtype, *, tanh: bool, coef: bool, main: bool):
+        # without `main` the blocks are worked in grad_out itself, which has the working precision
+        self.main = np.empty(shape, dtype=dtype) if main else None
         self.tanh = np.empty(shape, dtype=dtype) if tanh else None
         self.coef = np.empty(shape, dtype=dtype) if coef else None
 
@@ -280,13 +299,13 @@ def _weighted_row_sums(shifted: np.ndarray, weight: np.ndarray | None) -> np.nda
     """sum_j weight_j d_j per row (weight a vector, a matrix or None for ones), with 0 * -inf = 0."""
     if weight is None:
         return shifted.sum(axis=1)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"):  # 0 * -inf here and in the fallback: replaced by 0 below
         sums = shifted @ weight if weight.ndim == 1 else np.einsum("ij,ij->i", shifted, weight)
-    broken = np.flatnonzero(np.isnan(sums))
-    if broken.size:  # a -inf logit on a class of weight 0: that term is 0 (rule 4), NaN logits stay NaN
-        part = shifted[broken]
-        w = weight if weight.ndim == 1 else weight[broken]
-        sums[broken] = np.where(w > 0, part * w, np.where(np.isnan(part), np.nan, 0.0)).sum(axis=1)
+        broken = np.flatnonzero(np.isnan(sums))
+        if broken.size:  # a -inf logit on a class of weight 0: that term is 0 (rule 4), NaN logits stay NaN
+            part = shifted[broken]
+            w = weight if weight.ndim == 1 else weight[broken]
+            sums[broken] = np.where(w > 0, part * w, np.where(np.isnan(part), np.nan, 0.0)).sum(axis=1)
     return sums
 
 

@@ -11,9 +11,9 @@ from .._options import LossOptions
 from ._arrays import as_float_array
 from .cross_entropy import CrossEntropyRows
 
-# The default chunk holds about this many logits: 32 MiB in float32, large enough for BLAS to run at
-# full speed, small next to the (rows, V) logits of an LLM head.
-_CHUNK_ELEMENTS = 1 << 23
+# The default chunk holds about this many logits: 16 MiB in float32, large enough for BLAS to run at
+# full speed, small next to the (rows, V) logits of an LLM head and next to the gradient of w.
+_CHUNK_ELEMENTS = 1 << 22
 
 
 def linear_cross_entropy(x: Any, w: Any, target: Any, *, bias: Any = None, weight: Any = None,
