@@ -100,9 +100,10 @@ def numpy_reference(logits, target, numpy_kwargs):
 
 
 def transformed(logits, options: LossOptions):
+    """The scores whose log-sum-exp is lse: the soft cap keeps -inf logits at -inf (masks, not scores)."""
     z = logits.double()
     if options.softcap is not None:
-        z = options.softcap * torch.tanh(z / options.softcap)
+        z = torch.where(z == float("-inf"), z, options.softcap * torch.tanh(z / options.softcap))
     return z / options.temperature
 
 
@@ -261,6 +262,34 @@ def test_infinite_logits_take_the_limit():
     assert_close(grad, 0.75 * ref_grad, scale=4)
 
 
+@pytest.mark.parametrize("kind", ["index", "probs"])
+def test_soft_cap_keeps_masked_logits_masked(kind):
+    """A -inf logit is a mask: the cap must not lift it to -softcap and give it mass (main's NumPy rule)."""
+    logits, target, weight, opts, kw = make_problem(3, 423, kind, {"softcap": 3.0, "label_smoothing": 0.1})
+    masked = torch.zeros(3, 423, dtype=torch.bool, device=DEVICE)
+    masked[:, 200:300] = True
+    masked[2] = True  # a fully masked row under the cap
+    logits[masked] = float("-inf")
+    if kind == "probs":
+        target[masked] = 0.0
+    losses, lse, grad = run(logits, target, weight, opts)
+    assert torch.all(grad[masked] == 0) and losses[2] == 0 and lse[2] == float("-inf")
+    ref_losses, ref_grad = numpy_reference(logits, target, kw)
+    assert_close(losses, ref_losses, dtype="float32", scale=4)
+    assert_close(grad, 0.75 * ref_grad, scale=4)
+
+
+def test_regression_temperature_overflowed_before_the_shift():
+    """x / T formed before subtracting the max overflows float32 (3e38 / 0.5); after the shift it cannot."""
+    logits = on_device(torch.tensor([[3e38, 2.9e38, 0.0], [1.0, 2.0, 3.0]]))
+    losses, lse, grad = run(logits, on_device(torch.tensor([1, 0])), None, LossOptions(temperature=0.5), grad_scale=1.0)
+    assert_close(losses[0], torch.tensor(0.1e38 / 0.5), dtype="float32", what="loss of the huge row")
+    assert lse[0] == float("inf")  # the true log-sum-exp, 6e38, is beyond float32
+    assert_close(grad[0], torch.tensor([1.0, -1.0, 0.0]) / 0.5, what="gradient of the huge row")
+    ref_losses, ref_grad = numpy_reference(logits[1:], on_device(torch.tensor([0])), {"temperature": 0.5})
+    assert_close(losses[1:], ref_losses, dtype="float32", scale=4)
+
+
 def test_nan_logit_poisons_only_its_row():
     logits, target, weight, opts, _ = make_problem(3, 423, "index", {})
     logits[2, 100] = float("nan")
@@ -346,7 +375,7 @@ def test_bad_label_raises_naming_it(config):
     target = on_device(torch.tensor([1, 423 if config is SMALL else -5, -7]))
     bad = int(target[1])
     for mode in ("sync", "lazy") if DEVICE == "cpu" else ("sync",):  # lazy is free on CPU: raises at once
-        with pytest.raises(ValueError, match=rf"target holds class index {bad} at position \(1\)"):
+        with pytest.raises(ValueError, match=rf"target holds class index {bad} at position \(1,\)"):
             with configured(**config):
                 sxtt.cross_entropy_rows(logits, target, None, LossOptions(), label_check=mode)
     with pytest.raises(ValueError, match=r"position \(0, 1\)"):
@@ -368,7 +397,7 @@ def test_lazy_label_check_on_the_gpu_raises_later_without_a_sync():
     _labels._pending.clear()
     losses, _ = sxtt.cross_entropy_rows(logits, target, None, LossOptions(), label_check="lazy")
     assert torch.isnan(losses[1])  # poisoned at once; the error follows
-    with pytest.raises(ValueError, match=r"earlier.*class index 423 at position \(1\)"):
+    with pytest.raises(ValueError, match=r"earlier.*class index 423 at position \(1,\)"):
         sxtt.check_labels()
     sxtt.cross_entropy_rows(logits, target, None, LossOptions(), label_check="lazy")
     torch.cuda.synchronize()
@@ -395,7 +424,7 @@ def test_lazy_label_check_raises_at_a_later_call():
     try:
         _labels.raise_arrived()  # not arrived yet: nothing happens
         pending.event.done = True
-        with pytest.raises(ValueError, match=r"earlier.*class index -3 at position \(7\)"):
+        with pytest.raises(ValueError, match=r"earlier.*class index -3 at position \(7,\)"):
             run(on_device(torch.randn(1, 4)), on_device(torch.tensor([0])), None, LossOptions())  # the next call
         assert not _labels._pending
         _labels._pending.append(_labels._Pending(torch.tensor([_labels.NO_BAD]), Event(False), 10, -100, None))

@@ -118,6 +118,14 @@ def test_rows_sum_to_one_and_infinities_share_the_mass():
     assert torch.isnan(p[2]).all() and torch.isnan(lp[2]).all()
 
 
+def test_regression_temperature_overflowed_before_the_shift():
+    x = torch.tensor([[3e38, 2.9e38, 0.0]], device=DEVICE)
+    p = sxtt.softmax_rows(x, temperature=0.5)
+    lp = sxtt.log_softmax_rows(x, temperature=0.5)
+    assert_close(p, torch.tensor([[1.0, 0.0, 0.0]]))
+    assert_close(lp[0, :2], torch.tensor([0.0, -0.1e38 / 0.5]))
+
+
 def test_log_softmax_is_exact_for_a_dominant_class():
     """log p of the dominant class is -log1p(tiny), not 0 (Blanchard, Higham & Higham 2021)."""
     x = torch.tensor([[40.0, 10.0, 11.0]], device=DEVICE)

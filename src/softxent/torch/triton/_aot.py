@@ -71,7 +71,7 @@ def variants(quick: bool):
             for log in (True, False):
                 if quick and log != on:
                     continue
-                sm_flags = dict(BLOCK=4096, HAS_WHERE=on, HAS_TEMPERATURE=on)
+                sm_flags = dict(BLOCK=4096, HAS_WHERE=on)
                 out.append((f"softmax_fused {dtype} on={on} log={log}", sm._softmax_fused_kernel, dtype,
                             dict(LOG=log, **sm_flags), False))
                 out.append((f"softmax_finish {dtype} on={on} log={log}", sm._softmax_finish_kernel, dtype,
@@ -84,7 +84,7 @@ def variants(quick: bool):
                 out.append((f"backward_finish {dtype} on={on} log={log}", sm._backward_finish_kernel, dtype,
                             bw_flags, False))
             out.append((f"softmax_partial {dtype} on={on}", sm._softmax_partial_kernel, dtype,
-                        dict(BLOCK=4096, HAS_WHERE=on, HAS_TEMPERATURE=on), False))
+                        dict(BLOCK=4096, HAS_WHERE=on), False))
     return out
 
 

@@ -4,9 +4,11 @@ Layering: Triton kernels (the row state of _rowmath, the loss, the gradient), th
 `cross_entropy_forward`, then the torch.library custom ops that make it opaque to torch.compile, then
 `cross_entropy_rows`, the seam the PyTorch layer dispatches to for CUDA tensors.
 
-The math is the NumPy layer's (softxent/core/cross_entropy.py, its `_block`): with z the transformed
-logits, a_j >= 0 the target's coefficients (class index t: (1 - e) w_t at t plus (e / C) w_j everywhere;
-probabilities p: ((1 - e) p_j + e / C) w_j), A = sum_j a_j, L = log1p(rest) and d = z - max z,
+The math is the NumPy layer's (softxent/core/cross_entropy.py, its `_block`): with z the scores
+(softcap * tanh(x / softcap) / T, a -inf logit staying -inf; without a cap x / T, divided after the
+shift so it cannot overflow; see _rowmath), a_j >= 0 the target's coefficients (class index t:
+(1 - e) w_t at t plus (e / C) w_j everywhere; probabilities p: ((1 - e) p_j + e / C) w_j),
+A = sum_j a_j, L = log1p(rest) and d = z - max z,
 
     loss = sum_j a_j (L - d_j) + z_loss * lse^2             (every term >= 0: nothing cancels)
     dloss/dz_j = s * ((A + 2 z_loss lse) p_j - a_j),        p_j = exp(d_j) / (1 + rest)
@@ -36,7 +38,7 @@ import triton.language as tl
 from ..._options import LossOptions
 from . import _labels
 from ._config import CONFIG, check_dtype, plan_rows
-from ._rowmath import block_state, combine, log1p, shifted, transform, transform_slope
+from ._rowmath import block_state, combine, log1p, post_scale, shifted, transform, transform_slope
 
 # --- kernels --------------------------------------------------------------------------------------------
 
@@ -82,6 +84,7 @@ def _chunk_state(x_row, probs_row, weight_ptr, lo, hi, keep_target, uniform, sof
                  BLOCK: tl.constexpr, PROBS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_COEF: tl.constexpr,
                  HAS_SOFTCAP: tl.constexpr, HAS_TEMPERATURE: tl.constexpr):
     """1. The online state (m, rest, s, b) of columns [lo, hi) of a row, BLOCK columns at a time."""
+    post = post_scale(inv_temperature, HAS_SOFTCAP)
     m = tl.full([], float("-inf"), tl.float32)
     rest = tl.full([], -1.0, tl.float32)  # (-inf, -1, 0, 0) is the empty state, combine's identity
     s = tl.full([], 0.0, tl.float32)
@@ -90,28 +93,28 @@ def _chunk_state(x_row, probs_row, weight_ptr, lo, hi, keep_target, uniform, sof
         cols = start + tl.arange(0, BLOCK)
         valid = cols < hi
         x = tl.load(x_row + cols, mask=valid, other=0.0).to(tl.float32)  # float32 whatever the storage
-        z = tl.where(valid, transform(x, softcap, inv_temperature, HAS_SOFTCAP, HAS_TEMPERATURE), float("-inf"))
+        z = tl.where(valid, transform(x, softcap, inv_temperature, HAS_SOFTCAP), float("-inf"))
         if HAS_COEF:
             coef = _coef(probs_row, weight_ptr, cols, valid, keep_target, uniform, PROBS, HAS_WEIGHT)
         else:
             coef = z
-        bm, br, bs, bb = block_state(z, valid, coef, HAS_COEF)
-        m, rest, s, b = combine(m, rest, s, b, bm, br, bs, bb)
+        bm, br, bs, bb = block_state(z, valid, coef, post, HAS_COEF)
+        m, rest, s, b = combine(m, rest, s, b, bm, br, bs, bb, post)
     return m, rest, s, b
 
 
 @triton.jit
-def _finish(m, rest, s, b, z_t, t_coef, kept, bad, uniform, z_loss, PROBS: tl.constexpr,
+def _finish(m, rest, s, b, z_t, t_coef, kept, bad, uniform, z_loss, post, PROBS: tl.constexpr,
             SMOOTH: tl.constexpr, HAS_Z: tl.constexpr):
     """2. The row's loss and lse from its state; also L, A = sum_j a_j, the smoothing share, keep."""
     log_sum = log1p(rest)
-    lse = m + log_sum
+    lse = m * post + log_sum
     if PROBS:
         loss = b * log_sum - s
         total = b
         smooth = 0.0
     else:
-        loss = tl.where(t_coef > 0.0, t_coef * (log_sum - shifted(z_t, m)), 0.0)
+        loss = tl.where(t_coef > 0.0, t_coef * (log_sum - shifted(z_t, m, post)), 0.0)
         total = t_coef
         if SMOOTH:
             smooth = tl.where(kept, uniform, 0.0)
@@ -149,12 +152,13 @@ def _chunk_grad(x_row, g_row, probs_row, weight_ptr, lo, hi, m, factor, row_scal
                 HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                 HAS_TEMPERATURE: tl.constexpr):
     """3. Write dloss/dx over columns [lo, hi): each block is read, then written (in place is safe)."""
+    post = post_scale(inv_temperature, HAS_SOFTCAP)
     for start in range(lo, hi, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         valid = cols < hi
         x = tl.load(x_row + cols, mask=valid, other=0.0).to(tl.float32)
-        z = transform(x, softcap, inv_temperature, HAS_SOFTCAP, HAS_TEMPERATURE)
-        g = factor * tl.exp(shifted(z, m))
+        z = transform(x, softcap, inv_temperature, HAS_SOFTCAP)
+        g = factor * tl.exp(shifted(z, m, post))
         if PROBS:
             g -= row_scale * _coef(probs_row, weight_ptr, cols, valid, keep_target, uniform, PROBS, HAS_WEIGHT)
         else:
@@ -189,13 +193,13 @@ def _ce_fused_kernel(x_ptr, x_stride, target_ptr, target_stride, weight_ptr, gra
                                                      ignore_index, keep_target, HAS_WEIGHT)
         if CHECK:
             tl.atomic_min(flag_ptr, _flag_key(row, label), mask=bad)
-        z_t = transform(tl.load(x_row + safe).to(tl.float32), softcap, inv_temperature, HAS_SOFTCAP,
-                        HAS_TEMPERATURE)
+        z_t = transform(tl.load(x_row + safe).to(tl.float32), softcap, inv_temperature, HAS_SOFTCAP)
     m, rest, s, b = _chunk_state(x_row, probs_row, weight_ptr, 0, num_classes, keep_target, uniform, softcap,
                                  inv_temperature, BLOCK, PROBS, HAS_WEIGHT, PROBS or SMOOTH, HAS_SOFTCAP,
                                  HAS_TEMPERATURE)
     loss, lse, log_sum, total, smooth, keep = _finish(m, rest, s, b, z_t, t_coef, kept, bad, uniform, z_loss,
-                                                      PROBS, SMOOTH, HAS_Z)
+                                                      post_scale(inv_temperature, HAS_SOFTCAP), PROBS, SMOOTH,
+                                                      HAS_Z)
     tl.store(loss_ptr + row, loss)
     tl.store(lse_ptr + row, lse)
     if HAS_GRAD:
@@ -224,8 +228,7 @@ def _ce_partial_kernel(x_ptr, x_stride, target_ptr, target_stride, weight_ptr, s
         first = split == 0
         if CHECK:
             tl.atomic_min(flag_ptr, _flag_key(row, label), mask=bad & first)
-        z_t = transform(tl.load(x_row + safe).to(tl.float32), softcap, inv_temperature, HAS_SOFTCAP,
-                        HAS_TEMPERATURE)
+        z_t = transform(tl.load(x_row + safe).to(tl.float32), softcap, inv_temperature, HAS_SOFTCAP)
         tl.store(z_t_ptr + row, z_t, mask=first)
     m, rest, s, b = _chunk_state(x_row, target_ptr + row * target_stride, weight_ptr, lo, hi, keep_target,
                                  uniform, softcap, inv_temperature, BLOCK, PROBS, HAS_WEIGHT, PROBS or SMOOTH,
@@ -263,11 +266,13 @@ def _ce_finish_kernel(x_ptr, x_stride, target_ptr, target_stride, weight_ptr, gr
     rest = tl.full([], -1.0, tl.float32)
     s = tl.full([], 0.0, tl.float32)
     b = tl.full([], 0.0, tl.float32)
+    post = post_scale(inv_temperature, HAS_SOFTCAP)
     for k in range(0, splits):
         m, rest, s, b = combine(m, rest, s, b, tl.load(states + 4 * k), tl.load(states + 4 * k + 1),
-                                tl.load(states + 4 * k + 2), tl.load(states + 4 * k + 3))
+                                tl.load(states + 4 * k + 2), tl.load(states + 4 * k + 3), post)
     loss, lse, log_sum, total, smooth, keep = _finish(m, rest, s, b, z_t, t_coef, kept, bad, uniform, z_loss,
-                                                      PROBS, SMOOTH, HAS_Z)
+                                                      post_scale(inv_temperature, HAS_SOFTCAP), PROBS, SMOOTH,
+                                                      HAS_Z)
     tl.store(loss_ptr + row, loss, mask=split == 0)
     tl.store(lse_ptr + row, lse, mask=split == 0)
     if HAS_GRAD:
@@ -419,7 +424,8 @@ def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: Optio
                        label_shape: Optional[tuple] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row cross-entropy losses and log-sum-exps of (N, C) logits, and their gradient, in one launch.
 
-    For row i with transformed logits z = softcap * tanh(x / softcap) / T and target coefficients a
+    For row i with scores z = softcap * tanh(x / softcap) / T (-inf logits stay -inf, masks) and target
+    coefficients a
     (class index t: ``(1 - e) w_t`` at t plus ``(e / C) w_j`` everywhere; probabilities p:
     ``((1 - e) p_j + e / C) w_j``), ``losses[i] = sum_j a_j (lse_i - z_j) + z_loss * lse_i**2`` with
     ``lse_i = log sum_j exp(z_j)``: PyTorch's weighted, label-smoothed cross-entropy plus PaLM's z-loss,

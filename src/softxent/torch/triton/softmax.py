@@ -5,10 +5,11 @@ Layering: Triton kernels, then the allocating `softmax_forward` / `softmax_backw
 
 Forward: one program per row keeps the online state (m, rest) of _rowmath over one sweep, then sweeps
 the row again to write ``exp(d_j) / (1 + rest)`` (softmax) or ``d_j - log1p(rest)`` (log_softmax, exact
-in the Blanchard-Higham-Higham way), with d = z - max z and z = x / T; masked entries (`where` False) are
--inf before anything else. The second sweep only writes: the output cannot start before the row's sum is
-known, and the row, just read by the same program, comes back mostly from L2. Rows longer than
-CONFIG.program_columns are split into chunks whose states a second launch combines.
+in the Blanchard-Higham-Higham way), with d = (x - max x) / T, divided after the shift so that x / T
+never overflows; masked entries (`where` False) are -inf before anything else. The second sweep only
+writes: the output cannot start before the row's sum is known, and the row, just read by the same
+program, comes back mostly from L2. Rows longer than CONFIG.program_columns are split into chunks whose
+states a second launch combines.
 
 Backward (vector-Jacobian products, as softxent.softmax_grad / log_softmax_grad, divided by T):
     softmax:      dx = y * (g - sum_k y_k g_k) / T
@@ -32,12 +33,9 @@ from ._rowmath import block_state, combine, log1p, shifted
 
 
 @triton.jit
-def _load_scores(x_row, where_row, where_col_stride, cols, valid, inv_temperature, HAS_WHERE: tl.constexpr,
-                 HAS_TEMPERATURE: tl.constexpr):
-    """z = x / T in float32, -inf where masked or outside the row."""
+def _load_scores(x_row, where_row, where_col_stride, cols, valid, HAS_WHERE: tl.constexpr):
+    """x in float32, -inf where masked or outside the row (1 / T multiplies x - max x, later)."""
     x = tl.load(x_row + cols, mask=valid, other=float("-inf")).to(tl.float32)
-    if HAS_TEMPERATURE:
-        x = x * inv_temperature
     keep = valid
     if HAS_WHERE:
         keep = keep & (tl.load(where_row + cols * where_col_stride, mask=valid, other=0) != 0)
@@ -46,7 +44,7 @@ def _load_scores(x_row, where_row, where_col_stride, cols, valid, inv_temperatur
 
 @triton.jit
 def _chunk_max_sum(x_row, where_row, where_col_stride, lo, hi, inv_temperature, BLOCK: tl.constexpr,
-                   HAS_WHERE: tl.constexpr, HAS_TEMPERATURE: tl.constexpr):
+                   HAS_WHERE: tl.constexpr):
     """1. Online (m, rest) of columns [lo, hi)."""
     m = tl.full([], float("-inf"), tl.float32)
     rest = tl.full([], -1.0, tl.float32)
@@ -54,16 +52,15 @@ def _chunk_max_sum(x_row, where_row, where_col_stride, lo, hi, inv_temperature, 
     for start in range(lo, hi, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         valid = cols < hi
-        z = _load_scores(x_row, where_row, where_col_stride, cols, valid, inv_temperature, HAS_WHERE,
-                         HAS_TEMPERATURE)
-        bm, br, _, _ = block_state(z, valid, z, False)
-        m, rest, _, _ = combine(m, rest, zero, zero, bm, br, zero, zero)
+        z = _load_scores(x_row, where_row, where_col_stride, cols, valid, HAS_WHERE)
+        bm, br, _, _ = block_state(z, valid, z, inv_temperature, False)
+        m, rest, _, _ = combine(m, rest, zero, zero, bm, br, zero, zero, inv_temperature)
     return m, rest
 
 
 @triton.jit
 def _chunk_write(x_row, y_row, where_row, where_col_stride, lo, hi, m, rest, inv_temperature,
-                 BLOCK: tl.constexpr, LOG: tl.constexpr, HAS_WHERE: tl.constexpr, HAS_TEMPERATURE: tl.constexpr):
+                 BLOCK: tl.constexpr, LOG: tl.constexpr, HAS_WHERE: tl.constexpr):
     """2. Write the probabilities (or log-probabilities) of columns [lo, hi)."""
     masked = m == float("-inf")
     log_sum = log1p(rest)
@@ -71,8 +68,7 @@ def _chunk_write(x_row, y_row, where_row, where_col_stride, lo, hi, m, rest, inv
     for start in range(lo, hi, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         valid = cols < hi
-        d = shifted(_load_scores(x_row, where_row, where_col_stride, cols, valid, inv_temperature, HAS_WHERE,
-                                 HAS_TEMPERATURE), m)
+        d = shifted(_load_scores(x_row, where_row, where_col_stride, cols, valid, HAS_WHERE), m, inv_temperature)
         if LOG:
             y = tl.where(masked, float("-inf"), d - log_sum)
         else:
@@ -83,26 +79,25 @@ def _chunk_write(x_row, y_row, where_row, where_col_stride, lo, hi, m, rest, inv
 @triton.jit
 def _softmax_fused_kernel(x_ptr, x_stride, y_ptr, y_stride, where_ptr, where_row_stride, where_col_stride,
                           num_classes, inv_temperature, BLOCK: tl.constexpr, LOG: tl.constexpr,
-                          HAS_WHERE: tl.constexpr, HAS_TEMPERATURE: tl.constexpr):
+                          HAS_WHERE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_stride
     where_row = where_ptr + row * where_row_stride
     m, rest = _chunk_max_sum(x_row, where_row, where_col_stride, 0, num_classes, inv_temperature, BLOCK,
-                             HAS_WHERE, HAS_TEMPERATURE)
+                             HAS_WHERE)
     _chunk_write(x_row, y_ptr + row * y_stride, where_row, where_col_stride, 0, num_classes, m, rest,
-                 inv_temperature, BLOCK, LOG, HAS_WHERE, HAS_TEMPERATURE)
+                 inv_temperature, BLOCK, LOG, HAS_WHERE)
 
 
 @triton.jit
 def _softmax_partial_kernel(x_ptr, x_stride, where_ptr, where_row_stride, where_col_stride, state_ptr,
                             num_classes, chunk, splits, inv_temperature, BLOCK: tl.constexpr,
-                            HAS_WHERE: tl.constexpr, HAS_TEMPERATURE: tl.constexpr):
+                            HAS_WHERE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     lo = split * chunk
     m, rest = _chunk_max_sum(x_ptr + row * x_stride, where_ptr + row * where_row_stride, where_col_stride, lo,
-                             tl.minimum(lo + chunk, num_classes), inv_temperature, BLOCK, HAS_WHERE,
-                             HAS_TEMPERATURE)
+                             tl.minimum(lo + chunk, num_classes), inv_temperature, BLOCK, HAS_WHERE)
     out = state_ptr + (row * splits + split) * 2
     tl.store(out, m)
     tl.store(out + 1, rest)
@@ -111,7 +106,7 @@ def _softmax_partial_kernel(x_ptr, x_stride, where_ptr, where_row_stride, where_
 @triton.jit
 def _softmax_finish_kernel(x_ptr, x_stride, y_ptr, y_stride, where_ptr, where_row_stride, where_col_stride,
                            state_ptr, num_classes, chunk, splits, inv_temperature, BLOCK: tl.constexpr,
-                           LOG: tl.constexpr, HAS_WHERE: tl.constexpr, HAS_TEMPERATURE: tl.constexpr):
+                           LOG: tl.constexpr, HAS_WHERE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     states = state_ptr + row * splits * 2
@@ -120,11 +115,11 @@ def _softmax_finish_kernel(x_ptr, x_stride, y_ptr, y_stride, where_ptr, where_ro
     zero = tl.full([], 0.0, tl.float32)
     for k in range(0, splits):
         m, rest, _, _ = combine(m, rest, zero, zero, tl.load(states + 2 * k), tl.load(states + 2 * k + 1),
-                                zero, zero)
+                                zero, zero, inv_temperature)
     lo = split * chunk
     _chunk_write(x_ptr + row * x_stride, y_ptr + row * y_stride, where_ptr + row * where_row_stride,
                  where_col_stride, lo, tl.minimum(lo + chunk, num_classes), m, rest, inv_temperature, BLOCK,
-                 LOG, HAS_WHERE, HAS_TEMPERATURE)
+                 LOG, HAS_WHERE)
 
 
 @triton.jit
@@ -245,7 +240,7 @@ def softmax_forward(x: torch.Tensor, temperature: float, where: Optional[torch.T
     x = _unit_columns(x)
     mask, mask_rs, mask_cs = _where_args(where, x.shape, x)
     plan = plan_rows(num_rows, num_classes, x.device)
-    flags = dict(BLOCK=plan.block, HAS_WHERE=where is not None, HAS_TEMPERATURE=temperature != 1.0)
+    flags = dict(BLOCK=plan.block, HAS_WHERE=where is not None)
     if plan.splits == 1:
         _softmax_fused_kernel[(num_rows,)](x, x.stride(0), y, y.stride(0), mask, mask_rs, mask_cs, num_classes,
                                            1.0 / temperature, LOG=log, num_warps=plan.num_warps, **flags)
