@@ -1,0 +1,41 @@
+"""Triton GPU kernels behind softxent.torch on CUDA tensors (CPU tensors under TRITON_INTERPRET=1).
+
+The seam with the PyTorch layer is a handful of plain row functions over (N, C) tensors:
+
+    cross_entropy_rows(logits, target, weight, options, *, grad_scale, grad_out) -> (losses, lse)
+    softmax_rows / log_softmax_rows(x, *, temperature, where) -> y
+    softmax_backward_rows / log_softmax_backward_rows(y, grad, *, temperature, where) -> dx
+    linear_cross_entropy_rows(x, linear_weight, target, linear_bias, weight, options, ...)
+        -> (losses, lse, dx, dw, dbias)
+
+each a torch.library custom op underneath, so torch.compile sees one opaque call with a fake (meta)
+implementation. `mean_scale` gives the "mean" reduction's 1 / denominator on the device (no sync);
+`check_labels` is the sync point of the lazy label check; `configured` tunes block sizes and splits.
+Importing this package imports triton; softxent.torch should import it only for CUDA tensors.
+"""
+
+from ._config import CONFIG, SUPPORTED_DTYPES, KernelConfig, configured
+from ._labels import check_labels
+from ._reduction import mean_scale
+from .cross_entropy import cross_entropy_forward, cross_entropy_rows
+from .linear_cross_entropy import linear_cross_entropy_forward, linear_cross_entropy_rows
+from .softmax import (log_softmax_backward_rows, log_softmax_rows, softmax_backward, softmax_backward_rows,
+                      softmax_forward, softmax_rows)
+
+
+def interpreted() -> bool:
+    """True when these kernels were built for the Triton interpreter (TRITON_INTERPRET=1 at import)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from .cross_entropy import _ce_fused_kernel
+
+    return isinstance(_ce_fused_kernel, InterpretedFunction)
+
+
+__all__ = [
+    "CONFIG", "SUPPORTED_DTYPES", "KernelConfig", "configured", "interpreted", "check_labels", "mean_scale",
+    "cross_entropy_rows", "cross_entropy_forward",
+    "softmax_rows", "log_softmax_rows", "softmax_backward_rows", "log_softmax_backward_rows",
+    "softmax_forward", "softmax_backward",
+    "linear_cross_entropy_rows", "linear_cross_entropy_forward",
+]
