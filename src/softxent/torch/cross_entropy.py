@@ -218,7 +218,7 @@ def cross_entropy_forward(input: torch.Tensor, target: torch.Tensor, options: Lo
                  options.temperature, grad_scale)
     if call.inplace:
         losses, lse = torch.ops.softxent.cross_entropy_(input, *arguments, call.check)
-        grad = input
+        grad = input.detach()  # a tensor of its own on input's memory, so autograd can adopt it as .grad
     else:
         losses, lse, grad = torch.ops.softxent.cross_entropy(input, *arguments, call.want_grad, call.check)
         grad = grad if call.want_grad else None
