@@ -33,7 +33,7 @@ from ._threads import for_row_spans
 
 # One chunk of rows in the working precision. Small enough that its passes hit the cache (L2/L3), large
 # enough that the ~20 op dispatches per chunk (a few microseconds each) stay well under its arithmetic.
-CHUNK_BYTES = 2 << 20
+CHUNK_BYTES = 4 << 20
 
 
 _LOG2E = 1.0 / math.log(2.0)

@@ -16,8 +16,10 @@ from typing import Callable
 
 import torch
 
-# Below this many elements a thread pool costs more than it saves.
-PARALLEL_MIN_ELEMENTS = 1 << 20
+# Below this many elements torch's ops run on the calling thread anyway (its intra-op grain size), so the
+# work stays there; above it, it goes to the workers, one span per PARALLEL_MIN_ELEMENTS at most.
+INLINE_MAX_ELEMENTS = 1 << 15
+PARALLEL_MIN_ELEMENTS = 1 << 18
 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
@@ -68,11 +70,13 @@ def for_row_spans(num_rows: int, num_classes: int, work: Callable[[int, int], No
     CPU (the generic path on another device) the spans would only queue kernels: one span, one thread.
     """
     global _pool, _pool_size
-    threads = min(num_threads(), num_rows)
+    elements = num_rows * num_classes
+    threads = min(num_threads(), num_rows, max(1, elements // PARALLEL_MIN_ELEMENTS))
     on_cpu = device is None or device.type == "cpu"
-    if not on_cpu or threads <= 1 or num_rows * num_classes < PARALLEL_MIN_ELEMENTS:
+    if not on_cpu or elements <= INLINE_MAX_ELEMENTS:
         work(0, num_rows)
         return
+    # even one span runs on a worker: its ops are then single-threaded, with no OpenMP barrier to stall
     with _lock:
         if _pool is None or _pool_size < threads:
             if _pool is not None:
