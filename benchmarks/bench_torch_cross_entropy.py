@@ -1,9 +1,10 @@
 """Cross-entropy forward + backward in torch: softxent.torch beside torch eager and torch.compile.
 
 Every provider runs `loss = f(logits, target); loss.backward()` on logits that require grad, with the
-default options ("mean", class-index targets), each in a fresh process (harness.py). Peak extra memory
-is over the logits and targets, which exist before the call; the gradient itself is one logits-sized
-buffer, the least any provider can allocate (softxent-inplace writes it into the logits: zero).
+default options ("mean", class-index targets), each in a fresh process (harness.py), and drops the
+gradient before returning. Peak extra memory is over the logits and targets, which exist before the
+call, and includes the gradient: one logits-sized buffer is the least a provider can allocate
+(softxent-inplace writes it into the logits: zero; its timing includes restoring the logits).
 
 On the GPU the peers are torch eager, torch.compile, and Liger-Kernel when installed; bytes moved per
 call: read the logits once and write the gradient once, 2 * N * C * itemsize.
@@ -31,9 +32,10 @@ def _runner(loss_fn, case, device):
     logits, target = _inputs(case, device)
 
     def run():
-        logits.grad = None
         loss = loss_fn(logits, target)
         loss.backward()
+        # drop the gradient inside the call: the peak then counts it, and the next call's baseline does not
+        logits.grad = None
         return loss
 
     return run
@@ -55,9 +57,9 @@ def make_softxent_inplace(case, device):
         # each call destroys the logits (they become the gradient): the restoring copy is timed too
         with torch.no_grad():
             logits.copy_(data)
-        logits.grad = None
         loss = sxt.cross_entropy(logits, target, inplace_grad=True)
         loss.backward()
+        logits.grad = None
         return loss
 
     return run

@@ -183,21 +183,18 @@ class _Call:
     keep_input: bool = False  # the lse's gradient (return_lse) reads the logits
 
 
-def mean_denominator(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
-                     ignore_index: int) -> torch.Tensor:
+def mean_denominator(target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int, *, num_classes: int,
+                     num_rows: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """What "mean" divides by, on the device: sum of weight[t] over kept rows, or the number of rows."""
-    acc = accumulation_dtype(input.dtype)
-    class_dim = _class_dim(input)
     if target.dtype.is_floating_point:
-        rows = input.numel() // max(1, input.shape[class_dim])
-        return torch.tensor(float(rows), dtype=acc, device=input.device)
+        return torch.tensor(float(num_rows), dtype=dtype, device=device)
     labels = target.reshape(-1)
     kept = labels != ignore_index
     if weight is None:
-        return kept.sum().to(acc)
+        return kept.sum().to(dtype)
     # clamped so that a bad label cannot fault here: the op's check reports it
-    safe = torch.where(kept, labels, 0).clamp(0, max(0, input.shape[class_dim] - 1)).long()
-    return (weight.to(acc)[safe] * kept).sum()
+    safe = torch.where(kept, labels, 0).clamp(0, max(0, num_classes - 1)).long()
+    return (weight.to(dtype)[safe] * kept).sum()
 
 
 def cross_entropy_forward(input: torch.Tensor, target: torch.Tensor, options: LossOptions, call: _Call):
@@ -209,7 +206,10 @@ def cross_entropy_forward(input: torch.Tensor, target: torch.Tensor, options: Lo
     weight = options.weight
     denominator = None
     if options.reduction == "mean":
-        denominator = mean_denominator(input, target, weight, options.ignore_index)
+        num_classes = input.shape[_class_dim(input)]
+        denominator = mean_denominator(target, weight, options.ignore_index, num_classes=num_classes,
+                                       num_rows=input.numel() // max(1, num_classes), dtype=acc,
+                                       device=input.device)
         # all rows ignored: zero gradient, not NaN (rule 5)
         grad_scale = torch.where(denominator > 0, 1.0 / denominator, 0.0)
     else:
