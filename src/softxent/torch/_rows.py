@@ -155,15 +155,16 @@ class _Kernel:
 
         # 1. z = softcap * tanh(x / softcap) / T in the working precision, then d = z - max z (<= 0,
         #    so exp never overflows). Temperature alone divides d instead: max(x / T) = max(x) / T.
-        if options.softcap is not None:
+        if options.softcap is not None or x.dtype != buf.dtype:
+            # 16-bit logits are widened once, into the chunk's buffer: an op mixing dtypes would widen
+            # them into a temporary at every pass
             buf.copy_(x)
+        if options.softcap is not None:
             buf.div_(options.softcap).tanh_()
             if tanh is not None:
                 tanh.copy_(buf)  # for the chain rule: dz/dx = (1 - tanh^2) / T
             buf.mul_(options.softcap / options.temperature)
-            source = buf
-        else:
-            source = x
+        source = buf if options.softcap is not None or x.dtype != buf.dtype else x
         shift = self.shift[rows]
         shift.copy_(source.amax(dim=1, keepdim=True))  # exact in any precision
         if math.isfinite(float(shift.sum())):  # one number tells: no -inf, +inf or NaN row here

@@ -93,11 +93,10 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
                           label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, temperature=temperature)
     _check_arguments(input, target, weight)
     want_grad = torch.is_grad_enabled() and input.requires_grad
-    inplace = bool(inplace_grad) and want_grad
-    call = _Call(want_grad=want_grad, inplace=inplace, check=bool(check_labels),
-                 keep_input=bool(return_lse) and want_grad and not inplace)
-    loss, lse = _CrossEntropyFunction.apply(input, target, options, call)
-    return (loss, lse) if return_lse else loss
+    # under torch.compile the graph is functional: the gradient gets a buffer of its own
+    inplace = bool(inplace_grad) and want_grad and not torch.compiler.is_compiling()
+    call = _Call(want_grad=want_grad, inplace=inplace, check=bool(check_labels), return_lse=bool(return_lse))
+    return _CrossEntropyFunction.apply(input, target, options, call)
 
 
 class CrossEntropyLoss(nn.Module):
@@ -180,7 +179,11 @@ class _Call:
     want_grad: bool
     inplace: bool
     check: bool
-    keep_input: bool = False  # the lse's gradient (return_lse) reads the logits
+    return_lse: bool = False  # also return the lse, whose gradient reads the logits
+
+    @property
+    def keep_input(self) -> bool:
+        return self.return_lse and self.want_grad and not self.inplace
 
 
 def mean_denominator(target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int, *, num_classes: int,
@@ -269,10 +272,10 @@ class _CrossEntropyFunction(torch.autograd.Function):
             ctx.target = target
             # the lse's and the target's gradients need the logits themselves: keep them for those
             ctx.saved = input if ctx.target_grad or call.keep_input else None
-        return loss, lse
+        return (loss, lse) if call.return_lse else loss
 
     @staticmethod
-    def backward(ctx, grad_loss, grad_lse):
+    def backward(ctx, grad_loss, grad_lse=None):
         options, call, class_dim = ctx.options, ctx.call, ctx.class_dim
         if ctx.compiling:
             grad, input, target = ctx.saved_tensors
