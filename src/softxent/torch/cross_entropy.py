@@ -264,7 +264,8 @@ class _CrossEntropyFunction(torch.autograd.Function):
         compiling = torch.compiler.is_compiling()
         ctx.compiling = compiling
         if compiling:  # traced: everything the backward reads goes through save_for_backward
-            ctx.save_for_backward(grad if grad is not None else None, input, target)
+            needs_input = call.return_lse or ctx.target_grad  # else the logits may die after the forward
+            ctx.save_for_backward(grad, input if needs_input else None, target)
         else:
             ctx.grad = grad
             ctx.input = weakref.ref(input)
