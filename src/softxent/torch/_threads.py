@@ -23,6 +23,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 18
 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_pool_pid = 0  # a forked child (a DataLoader worker) inherits the pool object but not its threads
 _lock = threading.Lock()
 
 
@@ -69,7 +70,7 @@ def for_row_spans(num_rows: int, num_classes: int, work: Callable[[int, int], No
     Each span writes only its own rows, so the result does not depend on the number of threads. Off the
     CPU (the generic path on another device) the spans would only queue kernels: one span, one thread.
     """
-    global _pool, _pool_size
+    global _pool, _pool_size, _pool_pid
     elements = num_rows * num_classes
     threads = min(num_threads(), num_rows, max(1, elements // PARALLEL_MIN_ELEMENTS))
     on_cpu = device is None or device.type == "cpu"
@@ -78,10 +79,10 @@ def for_row_spans(num_rows: int, num_classes: int, work: Callable[[int, int], No
         return
     # even one span runs on a worker: its ops are then single-threaded, with no OpenMP barrier to stall
     with _lock:
-        if _pool is None or _pool_size < threads:
-            if _pool is not None:
+        if _pool is None or _pool_size < threads or _pool_pid != os.getpid():
+            if _pool is not None and _pool_pid == os.getpid():
                 _pool.shutdown(wait=True)
-            _pool, _pool_size = _make_pool(threads), threads
+            _pool, _pool_size, _pool_pid = _make_pool(threads), threads, os.getpid()
         pool = _pool
     bounds = [num_rows * i // threads for i in range(threads + 1)]
     futures = [pool.submit(_without_grad, work, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
