@@ -164,6 +164,10 @@ class _Kernel:
             if tanh is not None:
                 tanh.copy_(buf)  # for the chain rule: dz/dx = (1 - tanh^2) / T
             buf.mul_(options.softcap / options.temperature)
+            # a -inf logit is a mask, not a score: the cap would lift it to -softcap and give the
+            # masked class mass, so it stays -inf (masks apply after the cap, as in Gemma 2 and the
+            # NumPy layer); x is intact here, buf is scratch whenever a softcap is set
+            buf.masked_fill_(torch.isneginf(x), -math.inf)
         source = buf if options.softcap is not None or x.dtype != buf.dtype else x
         shift = self.shift[rows]
         shift.copy_(source.amax(dim=1, keepdim=True))  # exact in any precision
