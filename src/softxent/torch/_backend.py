@@ -1,28 +1,85 @@
-"""The one place that picks the device-specific row kernel of cross-entropy.
+"""The one place that picks the device-specific kernels: Triton on CUDA, PyTorch ops everywhere else.
 
-Every kernel has the contract of `_rows.cross_entropy_rows`:
+Every cross-entropy row kernel has the contract of `_rows.cross_entropy_rows`:
 
     kernel(logits (N, C), target (N,) int64 | (N, C) float, weight (C,) | None, options, *,
            grad_scale, grad_out (N, C) | None) -> (losses (N,), lse (N,))
 
-The public layer (`cross_entropy.py`, `linear_cross_entropy.py`) does validation, layout, the "mean"
-denominator, reduction and autograd, and calls `backend_for(logits)` for the rows.
+The public layer (`cross_entropy.py`, `linear_cross_entropy.py`, `softmax.py`) does validation, layout,
+the "mean" denominator, reduction and autograd, and asks `uses_triton(tensor)` which kernels run.
+
+Triton takes CUDA tensors of float16, bfloat16 and float32 when the triton package is installed;
+float64 (gradcheck) stays on the PyTorch path. Tests run the Triton kernels on CPU tensors under
+TRITON_INTERPRET=1 through `forced("triton")`.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import importlib.util
+from contextlib import contextmanager
+from functools import lru_cache, partial
+from typing import Callable, Iterator
 
 import torch
 
+from . import _checks
 from ._rows import cross_entropy_rows
 
 RowKernel = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
 
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_forced: str | None = None  # "triton" or "torch" while a test forces one; None: by device
+
+
+@lru_cache(maxsize=None)
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def uses_triton(tensor: torch.Tensor) -> bool:
+    """True when the Triton kernels take this tensor."""
+    if _forced is not None:
+        return _forced == "triton" and tensor.dtype in _TRITON_DTYPES
+    return tensor.is_cuda and tensor.dtype in _TRITON_DTYPES and _triton_installed()
+
+
+@contextmanager
+def forced(backend: str) -> Iterator[None]:
+    """Run every tensor on `backend` ("triton" or "torch") inside the block: for tests on the CPU."""
+    global _forced
+    if backend not in ("triton", "torch"):
+        raise ValueError(f"backend must be 'triton' or 'torch'; got {backend!r}")
+    previous, _forced = _forced, backend
+    try:
+        yield
+    finally:
+        _forced = previous
+
 
 def backend_for(logits: torch.Tensor) -> RowKernel:
-    """The row kernel for logits on their device: for now the PyTorch path everywhere.
+    """The cross-entropy row kernel for these logits.
 
-    The Triton kernels (softxent.torch.triton) take CUDA tensors once the dispatch is wired here.
+    The Triton kernel runs with its own label flag off: the caller checks the whole target once with
+    `check_labels` (below), so a bad label is named by its position in the caller's target, not in a
+    chunk of it.
     """
+    if uses_triton(logits):
+        from . import triton as kernels
+
+        return partial(kernels.cross_entropy_rows, label_check="off")
     return cross_entropy_rows
+
+
+def check_labels(target: torch.Tensor, num_classes: int, ignore_index: int, logits: torch.Tensor) -> None:
+    """API rule 7 for class indices: at once on the PyTorch path; on CUDA without a host sync.
+
+    On the Triton path the check runs on the device and the ValueError comes at the next call (or at
+    `softxent.torch.triton.check_labels()`); meanwhile the rows with a bad label have a NaN loss and
+    gradient, never a read out of bounds.
+    """
+    if uses_triton(logits):
+        from .triton import watch_target
+
+        watch_target(target, num_classes, ignore_index)
+    else:
+        _checks.check_labels(target, num_classes, ignore_index)

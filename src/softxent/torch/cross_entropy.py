@@ -16,8 +16,7 @@ from torch import nn
 
 from .. import _validation as v
 from .._options import LossOptions
-from . import _checks, _memory
-from ._backend import backend_for
+from . import _backend, _checks, _memory
 from ._rows import accumulation_dtype
 
 
@@ -389,14 +388,14 @@ def _fused(input, target, weight, ignore_index, label_smoothing, z_loss, softcap
     index = not target.dtype.is_floating_point
     if check:
         if index:
-            _checks.check_labels(target, num_classes, ignore_index)
+            _backend.check_labels(target, num_classes, ignore_index, input)
         else:
             _checks.check_probabilities(target)
         if weight is not None:
             _checks.check_weight(weight, num_classes)
     batch_shape = input.shape[:class_dim] + input.shape[class_dim + 1:]
     acc = accumulation_dtype(input.dtype)
-    kernel = backend_for(input)
+    kernel = _backend.backend_for(input)
     if index:
         target = target.reshape(-1).to(torch.int64)
     blocks = list(_row_blocks(input, target, grad, index))

@@ -15,8 +15,8 @@ from torch import nn
 
 from .. import _validation as v
 from .._options import LossOptions
-from . import _checks
-from ._backend import backend_for
+from . import _backend, _checks
+from ._matmul import addmm_float32_
 from .cross_entropy import mean_denominator
 
 # chunk_size=None: a chunk of logits holds about a quarter of the gradients' own size (at least 16 MiB,
@@ -303,7 +303,7 @@ def _chunked(input, linear_weight, linear_bias, target, weight, ignore_index, la
     index = not target.dtype.is_floating_point
     if check:
         if index:
-            _checks.check_labels(target, num_classes, ignore_index)
+            _backend.check_labels(target, num_classes, ignore_index, rows)
         else:
             _checks.check_probabilities(target)
         if weight is not None:
@@ -318,8 +318,10 @@ def _chunked(input, linear_weight, linear_bias, target, weight, ignore_index, la
     dw = torch.zeros(linear_weight.shape, dtype=acc if wide else dtype, device=device) if need_dw \
         else linear_weight.new_empty(0)
     dbias = torch.zeros(num_classes, dtype=acc, device=device) if need_dbias else linear_weight.new_empty(0)
-    kernel = backend_for(rows)
+    kernel = _backend.backend_for(rows)
     chunk = max(1, min(chunk_size, num_rows))
+    # the float32 weight gradient's fallback slices of V hold at most a quarter of a chunk of logits
+    slice_rows = max(64, (chunk * num_classes) // (4 * max(1, features)))
     buffer = torch.empty(chunk, num_classes, dtype=dtype, device=device)
     weight_t = linear_weight.t()
     for lo in range(0, num_rows, chunk):
@@ -342,8 +344,8 @@ def _chunked(input, linear_weight, linear_bias, target, weight, ignore_index, la
         if need_dx:
             torch.mm(logits, linear_weight, out=dx[lo:hi])
         if need_dw:
-            if wide:  # 16-bit: the chunk's product in float32, accumulated in float32
-                dw.addmm_(logits.t().to(acc), x.to(acc))
+            if wide:  # 16-bit: the chunk's product accumulated in float32
+                addmm_float32_(dw, logits.t(), x, slice_rows)
             else:
                 dw.addmm_(logits.t(), x)
         if need_dbias:

@@ -1,10 +1,11 @@
 """softmax, log_softmax, logsumexp and hardmax for torch, with softxent's limits (API.md rules 2, 3, 9).
 
-torch's fused kernels do the work; what is added is the limit of the rows torch turns into NaN: a fully
-masked row (all -inf) gives softmax 0, log_softmax -inf, logsumexp -inf and a zero gradient; a row
-holding +inf shares the mass equally among its +inf entries. softmax and log_softmax are custom ops
-(their row fix-up looks at values, which torch.compile should not trace into); the fix-up's check is
-free on the CPU and one small host sync on a GPU.
+On CUDA (float16, bfloat16, float32) softmax and log_softmax and their backward run softxent's Triton
+kernels, which take the limits themselves. Elsewhere torch's fused kernels do the work, and what is
+added is the limit of the rows torch turns into NaN: a fully masked row (all -inf) gives softmax 0,
+log_softmax -inf, logsumexp -inf and a zero gradient; a row holding +inf shares the mass equally among
+its +inf entries. softmax and log_softmax are custom ops (their row fix-up looks at values, which
+torch.compile should not trace into); the fix-up's check is free on the CPU.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .. import _validation as v
+from . import _backend
 
 _INF = float("inf")
 
@@ -164,8 +166,27 @@ def _special_rows(x: torch.Tensor, dim: int):
     return masked, positive
 
 
+def _on_triton(name: str, dim: int, *tensors: torch.Tensor) -> torch.Tensor:
+    """softxent.torch.triton's row function `name` over `dim`: that dim last, the rest flattened to rows."""
+    from . import triton as kernels
+
+    moved = [t.movedim(dim, -1) for t in tensors]
+    shape = moved[0].shape
+    out = getattr(kernels, name)(*(t.reshape(-1, shape[-1]) for t in moved))
+    return out.reshape(shape).movedim(-1, dim)
+
+
+def _zero_constant_rows(result: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Masked and +inf rows are constant in x (rules 2, 3): zero gradient, chosen on the device, no sync."""
+    if x.shape[dim] == 0:
+        return result
+    return torch.where(torch.isinf(x.amax(dim=dim, keepdim=True)), 0.0, result)
+
+
 @torch.library.custom_op("softxent::softmax", mutates_args=())
 def _softmax_op(x: torch.Tensor, dim: int) -> torch.Tensor:
+    if _backend.uses_triton(x):
+        return _on_triton("softmax_rows", dim, x)
     out = torch.softmax(x, dim)
     special = _special_rows(x, dim)
     if special is not None:
@@ -182,6 +203,8 @@ def _(x, dim):
 
 @torch.library.custom_op("softxent::softmax_backward", mutates_args=())
 def _softmax_backward_op(grad: torch.Tensor, out: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
+    if _backend.uses_triton(out):
+        return _zero_constant_rows(_on_triton("softmax_backward_rows", dim, out, grad), x, dim)
     result = torch._softmax_backward_data(grad, out, dim, out.dtype)  # p * (g - sum p g)
     special = _special_rows(x, dim)
     if special is not None:  # masked rows and +inf rows are constant: zero gradient
@@ -210,6 +233,8 @@ _softmax_op.register_autograd(_softmax_backward, setup_context=_softmax_setup)
 
 @torch.library.custom_op("softxent::log_softmax", mutates_args=())
 def _log_softmax_op(x: torch.Tensor, dim: int) -> torch.Tensor:
+    if _backend.uses_triton(x):
+        return _on_triton("log_softmax_rows", dim, x)
     out = torch.log_softmax(x, dim)
     special = _special_rows(x, dim)
     if special is not None:
@@ -227,6 +252,8 @@ def _(x, dim):
 
 @torch.library.custom_op("softxent::log_softmax_backward", mutates_args=())
 def _log_softmax_backward_op(grad: torch.Tensor, out: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
+    if _backend.uses_triton(out):
+        return _zero_constant_rows(_on_triton("log_softmax_backward_rows", dim, out, grad), x, dim)
     result = torch._log_softmax_backward_data(grad, out, dim, out.dtype)  # g - exp(out) sum g
     special = _special_rows(x, dim)
     if special is not None:

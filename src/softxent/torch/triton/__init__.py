@@ -5,20 +5,19 @@ The seam with the PyTorch layer is a handful of plain row functions over (N, C) 
     cross_entropy_rows(logits, target, weight, options, *, grad_scale, grad_out) -> (losses, lse)
     softmax_rows / log_softmax_rows(x, *, temperature, where) -> y
     softmax_backward_rows / log_softmax_backward_rows(y, grad, *, temperature, where) -> dx
-    linear_cross_entropy_rows(x, linear_weight, target, linear_bias, weight, options, ...)
-        -> (losses, lse, dx, dw, dbias)
 
 each a torch.library custom op underneath, so torch.compile sees one opaque call with a fake (meta)
-implementation. `mean_scale` gives the "mean" reduction's 1 / denominator on the device (no sync);
-`check_labels` is the sync point of the lazy label check; `configured` tunes block sizes and splits.
-Importing this package imports triton; softxent.torch should import it only for CUDA tensors.
+implementation. softxent.torch dispatches to them (`softxent.torch._backend`); its linear cross-entropy
+feeds cuBLAS chunks of logits to `cross_entropy_rows`. `mean_scale` gives the "mean" reduction's
+1 / denominator on the device (no sync); `watch_target` checks class indices on the device and raises at
+a later call, `check_labels` is its sync point; `configured` tunes block sizes and splits. Importing this
+package imports triton; softxent.torch imports it only for CUDA tensors.
 """
 
 from ._config import CONFIG, SUPPORTED_DTYPES, KernelConfig, configured
-from ._labels import check_labels
+from ._labels import check_labels, watch_target
 from ._reduction import mean_scale
 from .cross_entropy import cross_entropy_forward, cross_entropy_rows
-from .linear_cross_entropy import linear_cross_entropy_forward, linear_cross_entropy_rows
 from .softmax import (log_softmax_backward_rows, log_softmax_rows, softmax_backward, softmax_backward_rows,
                       softmax_forward, softmax_rows)
 
@@ -33,9 +32,8 @@ def interpreted() -> bool:
 
 
 __all__ = [
-    "CONFIG", "SUPPORTED_DTYPES", "KernelConfig", "configured", "interpreted", "check_labels", "mean_scale",
+    "CONFIG", "SUPPORTED_DTYPES", "KernelConfig", "configured", "interpreted", "check_labels", "watch_target", "mean_scale",
     "cross_entropy_rows", "cross_entropy_forward",
     "softmax_rows", "log_softmax_rows", "softmax_backward_rows", "log_softmax_backward_rows",
     "softmax_forward", "softmax_backward",
-    "linear_cross_entropy_rows", "linear_cross_entropy_forward",
 ]

@@ -78,6 +78,26 @@ def watch(flag: torch.Tensor, num_classes: int, ignore_index: int, label_shape: 
     _pending.append(_Pending(host, event, num_classes, ignore_index, label_shape))
 
 
+def watch_target(target: torch.Tensor, num_classes: int, ignore_index: int, mode: str = "lazy") -> None:
+    """Check a whole class-index target on its device and `watch` the result: no host sync on CUDA.
+
+    The flag is the kernels' (first bad row and its label, packed), built here with torch ops over the
+    caller's whole target, so the error names the position in that target however the rows are later
+    split into chunks. Off under CUDA graph capture and torch.compile tracing, where no host work can run.
+    """
+    if torch.compiler.is_compiling() or (target.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    if mode == "lazy":
+        raise_arrived()
+    labels = target.reshape(-1).to(torch.int64)
+    if labels.numel() == 0:
+        return
+    bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
+    rows = torch.arange(labels.numel(), device=labels.device, dtype=torch.int64)
+    keys = torch.where(bad, rows * _LOW + (labels & (_LOW - 1)), NO_BAD)
+    watch(keys.amin().reshape(1), num_classes, ignore_index, tuple(target.shape), mode)
+
+
 def raise_arrived() -> None:
     """Raise for the earliest queued flag that has reached the host and holds a bad label; never waits."""
     while _pending and _pending[0].event.query():
