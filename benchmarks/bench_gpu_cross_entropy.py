@@ -4,8 +4,8 @@ Providers, each in a fresh process (benchmarks/harness.py):
   softxent             the Triton seam, cross_entropy_rows: loss, lse and the gradient in one launch,
                        the gradient in a new buffer ("mean" scale on the device, no sync)
   softxent-inplace     the same, the gradient written over the logits (the opt-in: zero extra memory)
-  softxent-torch       softxent.torch.cross_entropy + backward, once the PyTorch layer dispatches CUDA
-                       tensors to these kernels (Unavailable until then)
+  softxent-torch       softxent.torch.cross_entropy + backward: the public function, which dispatches
+                       CUDA tensors to the same kernel (checks, reduction and autograd on top)
   torch-eager          torch.nn.functional.cross_entropy + backward
   torch-compile        the same under torch.compile (compiled during the warm-up runs)
   liger                Liger-Kernel's cross-entropy (writes its gradient over the logits)
@@ -17,7 +17,7 @@ Bytes moved by the ideal fused op (the GB/s column): the logits read once and th
 """
 
 import bench_gpu_common as common
-from harness import Unavailable, main
+from harness import main
 
 CASES = {
     "16384x128256-bf16": {"rows": 16384, "classes": 128256, "dtype": "bfloat16"},
@@ -63,8 +63,6 @@ def make_softxent_torch(case, device):
     common.triton_or_skip(device)
     import softxent.torch as sxt
 
-    if not hasattr(sxt, "cross_entropy"):
-        raise Unavailable("softxent.torch.cross_entropy is not there yet")
     torch, logits, target = _inputs(case, device, requires_grad=True)
     return _autograd_run(lambda: sxt.cross_entropy(logits, target), logits)
 

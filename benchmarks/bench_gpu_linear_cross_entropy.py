@@ -1,10 +1,10 @@
 """Linear cross-entropy forward + backward on the GPU, bfloat16, the LLM head: softxent beside its peers.
 
 Providers, each in a fresh process (benchmarks/harness.py):
-  softxent          softxent.torch.triton.linear_cross_entropy_rows: cuBLAS chunks + the Triton kernel,
+  softxent          softxent.torch.linear_cross_entropy + backward: cuBLAS chunks + the Triton kernel,
                     gradients in the forward, dW accumulated in float32 (the default)
-  softxent-wdtype   the same with dW accumulated in the weight's dtype (no (V, D) float32 accumulator)
-  softxent-torch    softxent.torch.linear_cross_entropy + backward, once the PyTorch layer dispatches here
+  softxent-wdtype   the same with dW accumulated in the weight's dtype (float32_weight_grad=False: no
+                    (V, D) float32 accumulator)
   torch-unfused     x @ W.T, then torch.nn.functional.cross_entropy, then backward (eager)
   torch-compile     the same under torch.compile
   torch-chunked     torch.nn.functional.linear_cross_entropy (torch's own chunked path), where it exists
@@ -49,25 +49,6 @@ def _inputs(case, device, requires_grad=False):
     return torch, x.requires_grad_(requires_grad), w.requires_grad_(requires_grad), target
 
 
-def _make_softxent(fp32):
-    def make(case, device):
-        sxtt = common.triton_or_skip(device)
-        from softxent._options import LossOptions
-
-        torch, x, w, target = _inputs(case, device)
-        options = LossOptions()
-
-        def run():
-            scale = sxtt.mean_scale(target, None, options.ignore_index, w.shape[0])
-            losses, _, dx, dw, _ = sxtt.linear_cross_entropy_rows(x, w, target, None, None, options, grad_scale=scale,
-                                                                  weight_grad_fp32=fp32)
-            return losses.sum() * scale, dx, dw
-
-        return run
-
-    return make
-
-
 def _autograd_run(loss_fn, leaves):
     def run():
         for leaf in leaves:
@@ -82,14 +63,16 @@ def _autograd_run(loss_fn, leaves):
     return run
 
 
-def make_softxent_torch(case, device):
-    common.triton_or_skip(device)
-    import softxent.torch as sxt
+def _make_softxent(float32_weight_grad):
+    def make(case, device):
+        common.triton_or_skip(device)
+        import softxent.torch as sxt
 
-    if not hasattr(sxt, "linear_cross_entropy"):
-        raise Unavailable("softxent.torch.linear_cross_entropy is not there yet")
-    torch, x, w, target = _inputs(case, device, requires_grad=True)
-    return _autograd_run(lambda: sxt.linear_cross_entropy(x, w, target), (x, w))
+        torch, x, w, target = _inputs(case, device, requires_grad=True)
+        return _autograd_run(lambda: sxt.linear_cross_entropy(x, w, target,
+                                                               float32_weight_grad=float32_weight_grad), (x, w))
+
+    return make
 
 
 def make_torch_unfused(case, device):
@@ -125,9 +108,8 @@ def make_cce(case, device):
 
 
 PROVIDERS = {
-    "softxent": _make_softxent(fp32=True),
-    "softxent-wdtype": _make_softxent(fp32=False),
-    "softxent-torch": make_softxent_torch,
+    "softxent": _make_softxent(float32_weight_grad=True),
+    "softxent-wdtype": _make_softxent(float32_weight_grad=False),
     "torch-unfused": make_torch_unfused,
     "torch-compile": make_torch_compile,
     "torch-chunked": make_torch_chunked,
