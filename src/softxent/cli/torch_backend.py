@@ -9,8 +9,8 @@ so each step agrees to rounding (~1e-16).
 Over a whole run, softmax regression stays that close (its objective is convex: differences do not
 grow). The MLP's do grow: during the large early steps training is sensitive to its starting point, as
 any non-convex run is, so a difference in the last bit grows to ~1e-7 in the weights, and a ReLU unit
-then sits on either side of 0 for some row in the two runs. The digits' defaults end with test
-cross-entropy equal to ~1e-7 relative, and the same accuracy; the NumPy backend started one ulp away
+then sits on either side of 0 for some row in the two runs. On the digits, the defaults end with test
+cross-entropies that agree to ~1e-7 relative and the same accuracy; the NumPy backend started one ulp away
 from itself ends just as far from its own run.
 """
 
