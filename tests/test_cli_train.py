@@ -72,6 +72,23 @@ def test_train_is_deterministic_with_a_seed(tmp_path):
     assert first["history"] != other["history"]  # the seed is used: another one gives another run
 
 
+@pytest.mark.parametrize("model", ["softmax", "mlp"])
+def test_train_backend_torch_reports_what_numpy_reports(tmp_path, model):
+    """`--backend torch` end to end (softxent.torch.linear_cross_entropy under autograd + torch's Adam):
+    the numbers of report.json are the NumPy backend's to float64 rounding."""
+    pytest.importorskip("torch")
+    runs = {backend: json.loads(train(tmp_path, "--backend", backend, "--model", model, "--hidden", "8",
+                                      "--no-figures", name=backend)[1].joinpath("report.json").read_text())
+            for backend in ("numpy", "torch")}
+    ours, theirs = runs["numpy"], runs["torch"]
+    assert theirs["settings"]["backend"] == "torch" and "torch" in theirs["versions"]
+    assert theirs["accuracy"] == ours["accuracy"]
+    for key in ("cross_entropy", "ece"):
+        assert theirs[key]["softxent"] == pytest.approx(ours[key]["softxent"], rel=1e-9, abs=1e-12), key
+    for key in ("train_cross_entropy", "test_cross_entropy"):
+        np.testing.assert_allclose(theirs["history"][key], ours["history"][key], rtol=1e-9, err_msg=key)
+
+
 @pytest.mark.parametrize("content, message", [
     ("a,b,y\n1,2,0\n3,4\n5,6,1\n", "line 3 has 2 fields; expected 3"),                         # ragged row
     ("a,b,y\n1,2,0\n3,x,1\n5,6,1\n", "line 3, feature column 'b': 'x', not a number"),          # text feature

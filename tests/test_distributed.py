@@ -3,9 +3,11 @@
 Each world size is one spawn of WORLD processes (tests/_distributed_worker.py) that runs every case of
 that world in the same process group, so the cost of starting processes and gloo is paid three times,
 not per case. The cases hold the full-vocabulary inputs; each rank takes its slice; this process holds
-the oracles: the NumPy layer (softxent.cross_entropy / linear_cross_entropy, float64 inside) and torch's
-own functional cross-entropy, both on the whole vocabulary. Slices: 13 classes as [13], [5, 8] and
-[2, 7, 4] (uneven), plus [6, 0, 7] (an empty slice) for some cases at 3 ranks.
+the oracles, all on the whole vocabulary: the single-process softxent.torch result (cross_entropy /
+linear_cross_entropy, the reference issue 6 names: the same semantics, in the same dtype), the NumPy
+layer (softxent.cross_entropy / linear_cross_entropy, float64 inside) and torch's own functional
+cross-entropy where its semantics are ours. Slices: 13 classes as [13], [5, 8] and [2, 7, 4] (uneven),
+plus [6, 0, 7] (an empty slice) for some cases at 3 ranks.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import softxent as sx
+import softxent.torch as sxt
 from compare import assert_close, to_numpy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,17 +283,47 @@ def numpy_reference(case):
     return np.asarray(loss), grad
 
 
-def torch_reference(case):
-    """torch.nn.functional.cross_entropy on the full vocabulary (class dim 1), where its semantics are ours."""
+def full_vocabulary_reference(case, cross_entropy, **extra):
+    """Loss and upstream-weighted d(loss)/d(logits) of a torch-style `cross_entropy` on the full vocabulary.
+
+    Vocab-parallel takes classes last, (..., V); torch's convention (softxent.torch's too) is (C,), (N, C)
+    or (N, C, d1, ...): classes on dim 1 for K-dim inputs, so those are moved there (probability targets
+    alike), and the gradient comes back through the move in the (..., V) layout.
+    """
     opts = case["options"]
     logits = case["logits"].detach().clone().requires_grad_(True)
     target = case["target"]
     class_first = logits.movedim(-1, 1) if logits.dim() > 2 else logits
     target_ = target.movedim(-1, 1) if target.is_floating_point() and target.dim() > 2 else target
-    loss = F.cross_entropy(class_first, target_, weight=opts["weight"], ignore_index=opts["ignore_index"],
-                           reduction=opts["reduction"], label_smoothing=opts["label_smoothing"])
+    loss = cross_entropy(class_first, target_, weight=opts["weight"], ignore_index=opts["ignore_index"],
+                         reduction=opts["reduction"], label_smoothing=opts["label_smoothing"], **extra)
     loss.backward(case["upstream"])
     return loss.detach(), logits.grad
+
+
+def softxent_torch_linear_reference(case, opts):
+    """softxent.torch.linear_cross_entropy in one process on the whole layer: loss, dx, dW, db.
+
+    The gradients are those the worker accumulates over its backward passes, each adding the same; one
+    backward times the passes here (softxent.torch computes its gradients in the forward and refuses a
+    second backward through the same graph).
+    """
+    x, w = case["x"].clone().requires_grad_(True), case["w"].clone().requires_grad_(True)
+    b = None if case["b"] is None else case["b"].clone().requires_grad_(True)
+    loss = sxt.linear_cross_entropy(x, w, case["target"], linear_bias=b, **opts)
+    loss.backward(case["upstream"])
+    passes = case["backward_passes"]
+    return loss.detach(), *(None if g is None else passes * g.grad for g in (x, w, b))
+
+
+def softxent_torch_reference(case):
+    """softxent.torch.cross_entropy in one process on the full vocabulary: every option, every case."""
+    return full_vocabulary_reference(case, sxt.cross_entropy, z_loss=case["options"]["z_loss"])
+
+
+def torch_reference(case):
+    """torch.nn.functional.cross_entropy on the full vocabulary, where its semantics are ours."""
+    return full_vocabulary_reference(case, F.cross_entropy)
 
 
 def torch_applies(case) -> bool:
@@ -313,6 +346,10 @@ def _check_ce(case, per_rank):
             f"rank {r}'s loss {loss} differs from rank 0's {losses[0]}"
     grad = torch.cat([r["grad"] for r in per_rank], dim=-1)
     assert grad.dtype == case["logits"].dtype and losses[0].dtype == case["logits"].dtype
+    s_loss, s_grad = softxent_torch_reference(case)
+    assert losses[0].dtype == s_loss.dtype and losses[0].shape == s_loss.shape
+    assert_close(losses[0], s_loss, dtype=dtype, what="loss vs softxent.torch")
+    assert_close(grad, s_grad, dtype=dtype, what="gradient vs softxent.torch")
     ref_loss, ref_grad = numpy_reference(case)
     assert_close(losses[0], ref_loss, dtype=dtype, what="loss vs NumPy")
     assert_close(grad, ref_grad, dtype=dtype, what="gradient vs NumPy")
@@ -363,6 +400,20 @@ def test_linear_loss_and_gradients_match_full_layer(runs, world, case_id):
     dx, dw, db = (passes * g.grad.numpy() if g is not None else None for g in (x, w, b))
     for r, result in enumerate(per_rank):
         assert torch.equal(result["loss"], per_rank[0]["loss"]), f"rank {r}'s loss differs from rank 0's"
+    # both sides in float32: dx and dW are sums of O(1) terms that cancel, whose rounding (absolute, near
+    # atol) each side has on its own (softxent.torch alone is up to 1.9x the float32 row from float64 here)
+    s_loss, s_dx, s_dw, s_db = softxent_torch_linear_reference(case, dict(opts, weight=weight))
+    assert per_rank[0]["loss"].shape == s_loss.shape
+    assert_close(per_rank[0]["loss"], s_loss, what="loss vs softxent.torch", scale=2.0)
+    assert_close(torch.cat([r["dw"] for r in per_rank]), s_dw, what="dW vs softxent.torch", scale=4.0)
+    if s_db is not None:
+        assert_close(torch.cat([r["db"] for r in per_rank]), s_db, what="db vs softxent.torch", scale=4.0)
+    if reduce_input_grad:
+        for r, result in enumerate(per_rank):
+            assert_close(result["dx"], s_dx, what=f"dx on rank {r} vs softxent.torch", scale=4.0)
+    else:
+        assert_close(sum(result["dx"] for result in per_rank), s_dx, what="sum of partial dx vs softxent.torch",
+                     scale=4.0)
     assert_close(per_rank[0]["loss"], loss, what="loss vs NumPy", scale=2.0)
     assert_close(torch.cat([r["dw"] for r in per_rank]), dw, what="dW vs NumPy", scale=4.0)
     if db is not None:

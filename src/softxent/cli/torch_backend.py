@@ -1,10 +1,17 @@
 """`softxent train --backend torch`: the same models and optimiser as the NumPy backend, on softxent.torch.
 
-The loss is `softxent.torch.linear_cross_entropy` (autograd does the rest, hidden layer included); the
-optimiser is torch.optim.Adam with the L2 penalty as `weight_decay` on the weights only, which adds
-``l2 * w`` to the gradient exactly as models.Adam does. Both backends start from the same weights
-(models.init_params), see the same batches and step sizes, and compute in float64, so their runs agree
-to rounding.
+The loss is `softxent.torch.linear_cross_entropy(h, W, y, linear_bias=b)` (autograd does the rest,
+hidden layer included); the optimiser is torch.optim.Adam with the L2 penalty as `weight_decay` on the
+weights only, which adds ``l2 * w`` to the gradient exactly as models.Adam does. Both backends start
+from the same weights (models.init_params), see the same batches and step sizes, and compute in float64,
+so each step agrees to rounding (~1e-16).
+
+Over a whole run, softmax regression stays that close (its objective is convex: differences do not
+grow). The MLP's do grow: during the large early steps training is sensitive to its starting point, as
+any non-convex run is, so a difference in the last bit grows to ~1e-7 in the weights, and a ReLU unit
+then sits on either side of 0 for some row in the two runs. On the digits, the defaults end with test
+cross-entropies that agree to ~1e-7 relative and the same accuracy; the NumPy backend started one ulp away
+from itself ends just as far from its own run.
 """
 
 from __future__ import annotations
@@ -23,9 +30,6 @@ def load_torch():
                          "(or use --backend numpy)") from None
     import softxent.torch as sxt
 
-    if not hasattr(sxt, "linear_cross_entropy"):
-        raise UsageError("--backend torch needs softxent.torch.linear_cross_entropy, which this install of "
-                         "softxent does not have yet (use --backend numpy)")
     return torch, sxt
 
 
