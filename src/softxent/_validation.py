@@ -167,6 +167,18 @@ def target_kind(logits_shape: Sequence[int], target_shape: Sequence[int], class_
     )
 
 
+def check_target(logits_shape: Sequence[int], target: Any, class_axis: int, *, logits_name: str = "logits",
+                 target_name: str = "target") -> str:
+    """`target_kind`, then the dtype that kind needs: integer class indices, floating probabilities."""
+    kind = target_kind(logits_shape, target.shape, class_axis, logits_name=logits_name, target_name=target_name)
+    if kind == "index":
+        check_integer_labels(target, target_name)
+    elif dtype_kind(target) != "f":
+        raise TypeError(f"{target_name} with the shape of {logits_name} holds probabilities and must be floating; "
+                        f"got dtype {target.dtype}")
+    return kind
+
+
 def check_weight_shape(weight_shape: Sequence[int], num_classes: int, name: str = "weight") -> None:
     if tuple(weight_shape) != (num_classes,):
         raise ValueError(

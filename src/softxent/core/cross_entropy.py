@@ -100,16 +100,12 @@ class CrossEntropyRows:
             target = np.asarray(target)
         except (ValueError, TypeError) as err:
             raise ValueError(f"target must be a rectangular numeric array; {err}") from None
-        kind = v.target_kind(logits_shape, target.shape, class_axis)
+        kind = v.check_target(logits_shape, target, class_axis)
         labels = probs = None
         if kind == "index":
-            v.check_integer_labels(target, "target")
             check_labels(target, num_classes, options.ignore_index)
             labels = target.reshape(-1)
         else:
-            if target.dtype.kind != "f":
-                raise TypeError(f"target with the shape of logits holds probabilities and must be floating; "
-                                f"got dtype {target.dtype}")
             probs = to_rows(check_probabilities(target, "target"))
         return cls(num_classes, labels, probs, _checked_weight(weight, num_classes), options)
 

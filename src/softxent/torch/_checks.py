@@ -34,6 +34,16 @@ def check_probabilities(probs: torch.Tensor, name: str = "target") -> None:
         raise v.bad_probability_error(float(probs[position]), position, name)
 
 
+def check_weight_argument(weight, num_classes: int) -> None:
+    """weight is None or a floating (C,) tensor; its values are checked where they are read."""
+    if weight is None:
+        return
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor or None; got {type(weight).__name__}")
+    v.check_numeric(weight, "weight")
+    v.check_weight_shape(weight.shape, num_classes)
+
+
 def check_weight(weight: torch.Tensor, num_classes: int, name: str = "weight") -> None:
     v.check_numeric(weight, name)
     v.check_weight_shape(weight.shape, num_classes, name)

@@ -148,17 +148,8 @@ def _check_arguments(input, target, weight) -> None:
     v.check_numeric(input, "input", allow_int=False)
     if input.dim() == 0:
         raise ValueError("input must have at least one dimension (the classes); got a scalar")
-    kind = v.target_kind(input.shape, target.shape, _class_dim(input), logits_name="input")
-    if kind == "index":
-        v.check_integer_labels(target, "target")
-    elif not target.dtype.is_floating_point:
-        raise TypeError(f"target with the shape of input holds probabilities and must be floating; "
-                        f"got dtype {target.dtype}")
-    if weight is not None:
-        if not isinstance(weight, torch.Tensor):
-            raise TypeError(f"weight must be a torch.Tensor or None; got {type(weight).__name__}")
-        v.check_numeric(weight, "weight")
-        v.check_weight_shape(weight.shape, input.shape[_class_dim(input)])
+    v.check_target(input.shape, target, _class_dim(input), logits_name="input")
+    _checks.check_weight_argument(weight, input.shape[_class_dim(input)])
     for name, tensor in (("target", target), ("weight", weight)):
         if tensor is not None and tensor.device != input.device:
             raise ValueError(f"{name} must be on input's device {input.device}; got {tensor.device}")

@@ -141,17 +141,8 @@ def _check_arguments(input, linear_weight, target, linear_bias, weight) -> None:
         if linear_bias.dtype != input.dtype:
             raise TypeError(f"linear_bias must have input's dtype {input.dtype}; got {linear_bias.dtype}")
     logits_shape = tuple(input.shape[:-1]) + (num_classes,)
-    kind = v.target_kind(logits_shape, target.shape, len(logits_shape) - 1, logits_name="the logits")
-    if kind == "index":
-        v.check_integer_labels(target, "target")
-    elif not target.dtype.is_floating_point:
-        raise TypeError(f"target with the shape of the logits holds probabilities and must be floating; "
-                        f"got dtype {target.dtype}")
-    if weight is not None:
-        if not isinstance(weight, torch.Tensor):
-            raise TypeError(f"weight must be a torch.Tensor or None; got {type(weight).__name__}")
-        v.check_numeric(weight, "weight")
-        v.check_weight_shape(weight.shape, num_classes)
+    v.check_target(logits_shape, target, len(logits_shape) - 1, logits_name="the logits")
+    _checks.check_weight_argument(weight, num_classes)
     for name, tensor in (("linear_weight", linear_weight), ("target", target), ("linear_bias", linear_bias),
                          ("weight", weight)):
         if tensor is not None and tensor.device != input.device:

@@ -14,6 +14,7 @@ import torch
 
 from ... import _validation as v
 from ..._options import LossOptions
+from .._checks import check_probabilities
 from ._group import Field, Layout, dtype_code, fingerprint, float_bits, shape_code, show_dtype, show_float, \
     show_fingerprint
 
@@ -40,18 +41,10 @@ def same_device(value: torch.Tensor, reference: torch.Tensor, name: str, referen
 def checked_target(target: Any, logits_shape: tuple, logits: torch.Tensor, logits_name: str) -> str:
     """'index' or 'probs', after the checks one rank can make alone (probabilities >= 0, no NaN)."""
     target = tensor(target, "target")
-    kind = v.target_kind(logits_shape, tuple(target.shape), len(logits_shape) - 1, logits_name=logits_name)
+    kind = v.check_target(logits_shape, target, len(logits_shape) - 1, logits_name=logits_name)
     same_device(target, logits, "target", logits_name)
-    if kind == "index":
-        v.check_integer_labels(target, "target")
-    else:
-        if not target.is_floating_point():
-            raise TypeError(f"target with the shape of {logits_name} holds probabilities and must be floating; "
-                            f"got dtype {target.dtype}")
-        bad = ~(target >= 0) | torch.isinf(target)  # as the NumPy layer: finite and >= 0
-        if bool(bad.any()):
-            position = tuple(int(i) for i in torch.nonzero(bad)[0])
-            raise v.bad_probability_error(float(target[position]), position)
+    if kind == "probs":
+        check_probabilities(target)  # as every layer: finite and >= 0
     return kind
 
 
