@@ -14,27 +14,11 @@ import shutil
 import subprocess
 import sys
 
-DEVICE = os.environ.get("SOFTXENT_TEST_DEVICE", "cpu")  # "cuda": compiled kernels on a GPU
-if DEVICE == "cpu":
-    # Before triton decorates the kernels, so they run on CPU tensors; it stays set (see test_triton_cross_entropy)
-    os.environ["TRITON_INTERPRET"] = "1"
+import pytest
+from triton_env import DEVICE, pytestmark, sxtt, torch  # noqa: F401  (before triton loads: sets TRITON_INTERPRET)
 
-import pytest  # noqa: E402
-
-pytest.importorskip("triton", reason="triton is not installed")
-torch = pytest.importorskip("torch", reason="torch is not installed")
-
-import softxent.torch.triton as sxtt  # noqa: E402
-from softxent._options import LossOptions  # noqa: E402
-from softxent.torch.triton import configured  # noqa: E402
-
-pytestmark = [
-    pytest.mark.skipif(DEVICE == "cpu" and not sxtt.interpreted(), reason="softxent.torch.triton was imported "
-                       "before TRITON_INTERPRET=1 was set, so its kernels were compiled for a GPU"),
-    pytest.mark.skipif(DEVICE != "cpu" and (sxtt.interpreted() or not torch.cuda.is_available()),
-                       reason=f"SOFTXENT_TEST_DEVICE={DEVICE} needs a CUDA device and TRITON_INTERPRET unset"),
-    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
-]
+from softxent._options import LossOptions
+from softxent.torch.triton import configured
 
 ops = torch.ops.softxent_triton
 

@@ -8,39 +8,19 @@ odd and the block size is cut to 64 columns to exercise the multi-block loops; (
 program_columns=1024 forces the split path (5 chunks combined by log-sum-exp in a second launch).
 """
 
-import os
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from triton_env import DEVICE, pytestmark, sxtt, torch  # noqa: F401  (before triton loads: sets TRITON_INTERPRET)
 
-# SOFTXENT_TEST_DEVICE=cuda runs the same tests on a GPU with compiled kernels (docs/gpu-measurements.md).
-DEVICE = os.environ.get("SOFTXENT_TEST_DEVICE", "cpu")
-if DEVICE == "cpu":
-    # Before triton decorates the kernels, so they run on CPU tensors. It stays set: triton reads it again at
-    # launch (and when it lazily imports parts of itself); nothing else in the suite runs Triton on the CPU.
-    os.environ["TRITON_INTERPRET"] = "1"
+import softxent as sx
+from softxent._options import LossOptions
+from softxent.torch.triton import _labels, configured
+from softxent.torch.triton._config import plan_rows
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from compare import assert_close
 
-pytest.importorskip("triton", reason="triton is not installed")
-torch = pytest.importorskip("torch", reason="torch is not installed")
-
-import softxent as sx  # noqa: E402
-import softxent.torch.triton as sxtt  # noqa: E402
-from softxent._options import LossOptions  # noqa: E402
-from softxent.torch.triton import _labels, configured  # noqa: E402
-from softxent.torch.triton._config import plan_rows  # noqa: E402
-
-from compare import assert_close  # noqa: E402
-
-pytestmark = [
-    pytest.mark.skipif(DEVICE == "cpu" and not sxtt.interpreted(), reason="softxent.torch.triton was imported "
-                       "before TRITON_INTERPRET=1 was set, so its kernels were compiled for a GPU"),
-    pytest.mark.skipif(DEVICE != "cpu" and (sxtt.interpreted() or not torch.cuda.is_available()),
-                       reason=f"SOFTXENT_TEST_DEVICE={DEVICE} needs a CUDA device and TRITON_INTERPRET unset"),
-    # inf - inf and 0 * inf in branches a tl.where then discards: harmless, but NumPy warns in the interpreter
-    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
-]
 
 SMALL = dict(block=64)  # 423 columns = 7 blocks, the last one partial
 SPLIT = dict(block=512, program_columns=1024)  # 4097 columns = 5 chunks of 2 blocks

@@ -7,32 +7,16 @@ runs the same tests with compiled kernels on a GPU, where the dispatch needs no 
 """
 
 import contextlib
-import os
+import pytest
+from triton_env import DEVICE, pytestmark, sxtt, torch  # noqa: F401  (before triton loads: sets TRITON_INTERPRET)
 
-DEVICE = os.environ.get("SOFTXENT_TEST_DEVICE", "cpu")  # "cuda": compiled kernels on a GPU
-if DEVICE == "cpu":
-    # Before triton decorates the kernels, so they run on CPU tensors; it stays set (see test_triton_cross_entropy)
-    os.environ["TRITON_INTERPRET"] = "1"
+import softxent.torch as sxt
+from softxent.torch import _backend
+from softxent.torch._matmul import addmm_float32_, has_float32_addmm
+from softxent.torch.triton import configured
 
-import pytest  # noqa: E402
+from compare import assert_close
 
-pytest.importorskip("triton", reason="triton is not installed")
-torch = pytest.importorskip("torch", reason="torch is not installed")
-
-import softxent.torch as sxt  # noqa: E402
-import softxent.torch.triton as sxtt  # noqa: E402
-from softxent.torch import _backend  # noqa: E402
-from softxent.torch._matmul import addmm_float32_, has_float32_addmm  # noqa: E402
-from softxent.torch.triton import configured  # noqa: E402
-
-from compare import assert_close  # noqa: E402
-
-pytestmark = [
-    pytest.mark.skipif(DEVICE == "cpu" and not sxtt.interpreted(), reason="softxent.torch.triton was imported "
-                       "before TRITON_INTERPRET=1 was set, so its kernels were compiled for a GPU"),
-    pytest.mark.skipif(DEVICE != "cpu" and (sxtt.interpreted() or not torch.cuda.is_available()),
-                       reason=f"SOFTXENT_TEST_DEVICE={DEVICE} needs a CUDA device and TRITON_INTERPRET unset"),
-]
 
 SMALL_BLOCKS = dict(block=16)  # 33 classes = 3 blocks, the last one partial
 

@@ -6,32 +6,15 @@ the NumPy layer's softmax_grad / log_softmax_grad in float64 on the same forward
 test_triton_cross_entropy: (3, 423) in 64-column blocks, (5, 1), and (2, 4097) split over 5 programs.
 """
 
-import os
+import numpy as np
+import pytest
+from triton_env import DEVICE, pytestmark, sxtt, torch  # noqa: F401  (before triton loads: sets TRITON_INTERPRET)
 
-DEVICE = os.environ.get("SOFTXENT_TEST_DEVICE", "cpu")  # "cuda": compiled kernels on a GPU
-if DEVICE == "cpu":
-    # Before triton decorates the kernels, so they run on CPU tensors; it stays set (see test_triton_cross_entropy)
-    os.environ["TRITON_INTERPRET"] = "1"
+import softxent as sx
+from softxent.torch.triton import configured
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+from compare import assert_close
 
-pytest.importorskip("triton", reason="triton is not installed")
-torch = pytest.importorskip("torch", reason="torch is not installed")
-
-import softxent as sx  # noqa: E402
-import softxent.torch.triton as sxtt  # noqa: E402
-from softxent.torch.triton import configured  # noqa: E402
-
-from compare import assert_close  # noqa: E402
-
-pytestmark = [
-    pytest.mark.skipif(DEVICE == "cpu" and not sxtt.interpreted(), reason="softxent.torch.triton was imported "
-                       "before TRITON_INTERPRET=1 was set, so its kernels were compiled for a GPU"),
-    pytest.mark.skipif(DEVICE != "cpu" and (sxtt.interpreted() or not torch.cuda.is_available()),
-                       reason=f"SOFTXENT_TEST_DEVICE={DEVICE} needs a CUDA device and TRITON_INTERPRET unset"),
-    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
-]
 
 SHAPES = {"3x423": ((3, 423), dict(block=64)), "5x1": ((5, 1), {}),
           "2x4097-split": ((2, 4097), dict(block=512, program_columns=1024))}
