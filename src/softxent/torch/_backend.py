@@ -83,3 +83,14 @@ def check_labels(target: torch.Tensor, num_classes: int, ignore_index: int, logi
         watch_target(target, num_classes, ignore_index)
     else:
         _checks.check_labels(target, num_classes, ignore_index)
+
+
+def check_values(target: torch.Tensor, weight: torch.Tensor | None, num_classes: int, ignore_index: int,
+                 logits: torch.Tensor) -> None:
+    """API rule 7 on the values: class indices (`check_labels`), probabilities, class weights."""
+    if target.dtype.is_floating_point:
+        _checks.check_probabilities(target)
+    else:
+        check_labels(target, num_classes, ignore_index, logits)
+    if weight is not None:
+        _checks.check_weight(weight, num_classes)

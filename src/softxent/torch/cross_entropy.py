@@ -378,12 +378,7 @@ def _fused(input, target, weight, ignore_index, label_smoothing, z_loss, softcap
     num_classes = input.shape[class_dim]
     index = not target.dtype.is_floating_point
     if check:
-        if index:
-            _backend.check_labels(target, num_classes, ignore_index, input)
-        else:
-            _checks.check_probabilities(target)
-        if weight is not None:
-            _checks.check_weight(weight, num_classes)
+        _backend.check_values(target, weight, num_classes, ignore_index, input)
     batch_shape = input.shape[:class_dim] + input.shape[class_dim + 1:]
     acc = accumulation_dtype(input.dtype)
     kernel = _backend.backend_for(input)

@@ -293,12 +293,7 @@ def _chunked(input, linear_weight, linear_bias, target, weight, ignore_index, la
     num_rows = rows.shape[0]
     index = not target.dtype.is_floating_point
     if check:
-        if index:
-            _backend.check_labels(target, num_classes, ignore_index, rows)
-        else:
-            _checks.check_probabilities(target)
-        if weight is not None:
-            _checks.check_weight(weight, num_classes)
+        _backend.check_values(target, weight, num_classes, ignore_index, rows)
     targets = target.reshape(-1).to(torch.int64) if index else target.reshape(num_rows, num_classes)
     want_grad = need_dx or need_dw or need_dbias
     dtype, device = input.dtype, input.device

@@ -8,6 +8,7 @@ that the handshake proved identical on every rank, so every rank reaches the sam
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from ... import _validation as v
 from ..._options import LossOptions
 from .._checks import check_probabilities
+from ._rows import RowProblem
 from ._group import Field, Layout, dtype_code, fingerprint, float_bits, shape_code, show_dtype, show_float, \
     show_fingerprint
 
@@ -85,6 +87,17 @@ def common_fields(batch_shape: tuple, kind: str, target: torch.Tensor, weight: t
         Field("label_smoothing", float_bits(options.label_smoothing), show_float),
         Field("z_loss", float_bits(options.z_loss), show_float),
     ]
+
+
+def row_problem(layout: Layout, kind: str, target: torch.Tensor, weight: torch.Tensor | None,
+                options: LossOptions, batch_shape: tuple, local_classes: int, dtype: torch.dtype,
+                device: torch.device) -> RowProblem:
+    """After the handshake: the targets as rows, checked against the global vocabulary."""
+    labels = target.reshape(-1).to(torch.int64) if kind == "index" else None
+    check_against_vocabulary(layout, labels, weight, options, batch_shape)
+    rows = math.prod(batch_shape)
+    probs = None if kind == "index" else target.reshape(rows, local_classes)
+    return RowProblem(layout, labels, probs, weight, options, dtype, device, rows)
 
 
 def check_against_vocabulary(layout: Layout, labels: torch.Tensor | None, weight: torch.Tensor | None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -113,11 +112,8 @@ def vocab_parallel_cross_entropy(local_logits: torch.Tensor, target: torch.Tenso
         error = err
     layout = comm.handshake(_FUNCTION_CODE, local_classes, fields, error, device)
 
-    labels = target.reshape(-1).to(torch.int64) if kind == "index" else None
-    _args.check_against_vocabulary(layout, labels, weight, options, batch_shape)
-    rows = math.prod(batch_shape)
-    probs = None if kind == "index" else target.reshape(rows, local_classes)
-    problem = RowProblem(layout, labels, probs, weight, options, logits.dtype, logits.device, rows)
+    problem = _args.row_problem(layout, kind, target, weight, options, batch_shape, local_classes, logits.dtype,
+                                logits.device)
     return _VocabParallelCrossEntropy.apply(logits, _Plan(comm, problem, batch_shape))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -108,11 +107,9 @@ def vocab_parallel_linear_cross_entropy(input: torch.Tensor, local_weight: torch
         error = err
     layout = comm.handshake(_FUNCTION_CODE, local_classes, fields, error, device)
 
-    labels = target.reshape(-1).to(torch.int64) if kind == "index" else None
-    _args.check_against_vocabulary(layout, labels, weight, options, batch_shape)
-    rows = math.prod(batch_shape)
-    probs = None if kind == "index" else target.reshape(rows, local_classes)
-    problem = RowProblem(layout, labels, probs, weight, options, x.dtype, x.device, rows)
+    problem = _args.row_problem(layout, kind, target, weight, options, batch_shape, local_classes, x.dtype,
+                                x.device)
+    rows = problem.num_rows
     chunk = min(chunk_size or max(1, _CHUNK_ELEMENTS // max(1, local_classes)), max(1, rows))
     plan = _Plan(comm, problem, batch_shape, chunk, reduce_input_grad)
     return _VocabParallelLinearCrossEntropy.apply(x, w, b, plan)
