@@ -215,13 +215,17 @@ def cross_entropy_forward(input: torch.Tensor, target: torch.Tensor, options: Lo
     else:
         losses, lse, grad = torch.ops.softxent.cross_entropy(input, *arguments, call.want_grad, call.check)
         grad = grad if call.want_grad else None
-    if options.reduction == "none":
-        loss = losses
-    elif options.reduction == "sum":
-        loss = losses.sum()
-    else:
-        loss = torch.where(denominator > 0, losses.sum() / denominator, 0.0)
-    return loss.to(input.dtype), lse.to(input.dtype), grad
+    return reduce_losses(losses, options.reduction, denominator).to(input.dtype), lse.to(input.dtype), grad
+
+
+def reduce_losses(losses: torch.Tensor, reduction: str, denominator: torch.Tensor | None) -> torch.Tensor:
+    """The per-row losses as asked: themselves, their sum, or their sum over the "mean" denominator
+    (0 when every row is ignored, rule 5), on the device."""
+    if reduction == "none":
+        return losses
+    if reduction == "sum":
+        return losses.sum()
+    return torch.where(denominator > 0, losses.sum() / denominator, 0.0)
 
 
 def cross_entropy_backward(grad: torch.Tensor, grad_loss: torch.Tensor, class_dim: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from .. import _validation as v
 from .._options import LossOptions
 from . import _backend, _checks
 from ._matmul import addmm_float32_
-from .cross_entropy import mean_denominator
+from .cross_entropy import mean_denominator, reduce_losses
 
 # chunk_size=None: a chunk of logits holds about a quarter of the gradients' own size (at least 16 MiB,
 # so the matrix products run at full speed), and never more than an eighth of the free memory.
@@ -201,12 +201,7 @@ def linear_cross_entropy_forward(input, linear_weight, linear_bias, target, opti
         input, linear_weight, linear_bias, target, *_option_args(options), grad_scale, None,
         fused and call.needs[0], fused and call.needs[1], fused and call.needs[2], _chunk(call, input, linear_weight),
         call.float32_weight_grad, call.check)
-    if options.reduction == "none":
-        loss = losses
-    elif options.reduction == "sum":
-        loss = losses.sum()
-    else:
-        loss = torch.where(denominator > 0, losses.sum() / denominator, 0.0)
+    loss = reduce_losses(losses, options.reduction, denominator)
     grads = tuple(g if want else None for g, want in zip((dx, dw, dbias), call.needs)) if fused \
         else (None, None, None)
     return loss.to(input.dtype), grads
