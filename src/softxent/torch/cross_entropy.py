@@ -190,6 +190,14 @@ def mean_denominator(target: torch.Tensor, weight: torch.Tensor | None, ignore_i
     return (weight.to(dtype)[safe] * kept).sum()
 
 
+def gradient_scale(denominator: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """What the row kernel scales the gradient by: 1 / the "mean" denominator (0 when nothing counts, so
+    all rows ignored gives a zero gradient, not NaN: rule 5), or 1 for "sum" and "none" (denominator None)."""
+    if denominator is None:
+        return torch.ones((), dtype=dtype, device=device)
+    return torch.where(denominator > 0, 1.0 / denominator, 0.0)
+
+
 def cross_entropy_forward(input: torch.Tensor, target: torch.Tensor, options: LossOptions, call: _Call):
     """(loss, lse, grad): the reduced loss in input's dtype, lse per row, and the gradient or None.
 
@@ -203,10 +211,7 @@ def cross_entropy_forward(input: torch.Tensor, target: torch.Tensor, options: Lo
         denominator = mean_denominator(target, weight, options.ignore_index, num_classes=num_classes,
                                        num_rows=input.numel() // max(1, num_classes), dtype=acc,
                                        device=input.device)
-        # all rows ignored: zero gradient, not NaN (rule 5)
-        grad_scale = torch.where(denominator > 0, 1.0 / denominator, 0.0)
-    else:
-        grad_scale = torch.ones((), dtype=acc, device=input.device)
+    grad_scale = gradient_scale(denominator, acc, input.device)
     arguments = (target, weight, options.ignore_index, options.label_smoothing, options.z_loss, options.softcap,
                  options.temperature, grad_scale)
     if call.inplace:

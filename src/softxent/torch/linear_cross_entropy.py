@@ -17,7 +17,8 @@ from .. import _validation as v
 from .._options import LossOptions
 from . import _backend, _checks
 from ._matmul import addmm_float32_
-from .cross_entropy import mean_denominator, reduce_losses
+from ._rows import accumulation_dtype
+from .cross_entropy import gradient_scale, mean_denominator, reduce_losses
 
 # chunk_size=None: a chunk of logits holds about a quarter of the gradients' own size (at least 16 MiB,
 # so the matrix products run at full speed), and never more than an eighth of the free memory.
@@ -193,9 +194,7 @@ def linear_cross_entropy_forward(input, linear_weight, linear_bias, target, opti
     denominator = None
     if options.reduction == "mean":
         denominator = _denominator(input, target, options, num_classes)
-        grad_scale = torch.where(denominator > 0, 1.0 / denominator, 0.0)
-    else:
-        grad_scale = torch.ones((), dtype=_acc(input.dtype), device=input.device)
+    grad_scale = gradient_scale(denominator, accumulation_dtype(input.dtype), input.device)
     fused = call.want_grad and options.reduction != "none"
     losses, dx, dw, dbias = torch.ops.softxent.linear_cross_entropy(
         input, linear_weight, linear_bias, target, *_option_args(options), grad_scale, None,
@@ -210,12 +209,8 @@ def linear_cross_entropy_forward(input, linear_weight, linear_bias, target, opti
 def _denominator(input, target, options, num_classes):
     # the logits would be input.shape[:-1] + (V,): one row per row of input
     return mean_denominator(target, options.weight, options.ignore_index, num_classes=num_classes,
-                            num_rows=input.numel() // max(1, input.shape[-1]), dtype=_acc(input.dtype),
+                            num_rows=input.numel() // max(1, input.shape[-1]), dtype=accumulation_dtype(input.dtype),
                             device=input.device)
-
-
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _option_args(options: LossOptions):
@@ -268,7 +263,7 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
 
 def linear_cross_entropy_backward(input, linear_weight, linear_bias, target, grad_loss, options, call):
     """reduction "none": the chunks again, each row's gradient scaled by its upstream gradient."""
-    grad_scale = torch.ones((), dtype=_acc(input.dtype), device=input.device)
+    grad_scale = torch.ones((), dtype=accumulation_dtype(input.dtype), device=input.device)
     _, dx, dw, dbias = torch.ops.softxent.linear_cross_entropy(
         input, linear_weight, linear_bias, target, *_option_args(options), grad_scale,
         grad_loss.reshape(-1), *call.needs, _chunk(call, input, linear_weight), call.float32_weight_grad, False)
@@ -292,7 +287,7 @@ def _chunked(input, linear_weight, linear_bias, target, weight, ignore_index, la
     targets = target.reshape(-1).to(torch.int64) if index else target.reshape(num_rows, num_classes)
     want_grad = need_dx or need_dw or need_dbias
     dtype, device = input.dtype, input.device
-    acc = _acc(dtype)
+    acc = accumulation_dtype(dtype)
     wide = float32_weight_grad and dtype in (torch.float16, torch.bfloat16)
     losses = torch.empty(num_rows, dtype=acc, device=device)
     dx = torch.empty_like(rows) if need_dx else rows.new_empty(0)
@@ -352,7 +347,7 @@ def _linear_cross_entropy_op(input: torch.Tensor, linear_weight: torch.Tensor, l
 @_linear_cross_entropy_op.register_fake
 def _(input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, z_loss, softcap,
       grad_scale, row_grad, need_dx, need_dw, need_dbias, chunk_size, float32_weight_grad, check):
-    losses = input.new_empty(input.shape[:-1], dtype=_acc(input.dtype))
+    losses = input.new_empty(input.shape[:-1], dtype=accumulation_dtype(input.dtype))
     dx = torch.empty_like(input) if need_dx else input.new_empty(0)
     dw = torch.empty_like(linear_weight) if need_dw else linear_weight.new_empty(0)
     dbias = linear_weight.new_empty(linear_weight.shape[0]) if need_dbias else linear_weight.new_empty(0)

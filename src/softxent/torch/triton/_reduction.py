@@ -6,16 +6,17 @@ from typing import Optional
 
 import torch
 
+from ..cross_entropy import gradient_scale, mean_denominator
+
 
 def mean_scale(target: torch.Tensor, weight: Optional[torch.Tensor], ignore_index: int,
                num_classes: int) -> torch.Tensor:
     """1 / (what "mean" divides by) as a 0-d float32 tensor on target's device, 0 when nothing counts.
 
-    The denominator is PyTorch's (API.md rule 6): the sum of ``weight[t]`` over rows whose class index t
-    is not ignore_index (their count without weights), or the number of rows for probability targets.
-    Labels outside [0, C) are clamped for the gather (their rows' losses are NaN anyway), so no device
-    assert fires and nothing waits for the host. All rows ignored gives 0: loss 0 and zero gradient
-    (rule 5).
+    The denominator is softxent.torch's (`mean_denominator`, PyTorch's rule 6): the sum of ``weight[t]``
+    over rows whose class index t is not ignore_index (their count without weights), or the number of
+    rows for probability targets; bad labels are clamped for the gather, so no device assert fires and
+    nothing waits for the host. All rows ignored gives 0: loss 0 and zero gradient (rule 5).
 
     Example:
         >>> import torch
@@ -23,14 +24,6 @@ def mean_scale(target: torch.Tensor, weight: Optional[torch.Tensor], ignore_inde
         >>> float(mean_scale(torch.tensor([0, 2, -100]), torch.tensor([1.0, 1.0, 3.0]), -100, 3))
         0.25
     """
-    if target.is_floating_point():
-        rows = target.shape[0]
-        return torch.full((), 1.0 / rows if rows else 0.0, dtype=torch.float32, device=target.device)
-    kept = target != ignore_index
-    if weight is None:
-        denominator = kept.sum(dtype=torch.float32)
-    else:
-        safe = target.clamp(0, max(num_classes - 1, 0))
-        picked = weight.to(torch.float32).gather(0, safe.reshape(-1)).reshape(target.shape)
-        denominator = torch.where(kept, picked, 0.0).sum(dtype=torch.float32)
-    return torch.where(denominator > 0, 1.0 / denominator, 0.0)
+    denominator = mean_denominator(target, weight, ignore_index, num_classes=num_classes, num_rows=target.shape[0],
+                                   dtype=torch.float32, device=target.device)
+    return gradient_scale(denominator, torch.float32, target.device)
