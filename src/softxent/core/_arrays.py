@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .. import _validation as v
+from .._spans import SpanPool, configured_threads
 
 
 def as_float_array(x: Any, name: str) -> np.ndarray:
@@ -86,18 +87,16 @@ _BLOCK_BYTES = 2 * 1024 * 1024
 # Below this many elements a thread pool costs more than it saves.
 _PARALLEL_MIN_ELEMENTS = 1 << 20
 
-_pool: ThreadPoolExecutor | None = None
+_SPANS = SpanPool(lambda size: ThreadPoolExecutor(max_workers=size, thread_name_prefix="softxent"))
 
 
 def num_threads() -> int:
     """SOFTXENT_NUM_THREADS, else the cores this process may run on."""
-    configured = os.environ.get("SOFTXENT_NUM_THREADS")
-    if configured:
-        return max(1, int(configured))
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return configured_threads(cores)
 
 
 def block_rows(num_classes: int, itemsize: int = 8) -> int:
@@ -110,19 +109,9 @@ def blocks(start: int, stop: int, step: int) -> Iterator[slice]:
 
 
 def for_row_spans(num_rows: int, num_classes: int, work: Callable[[int, int], None]) -> None:
-    """Run work(start, stop) over contiguous spans covering range(num_rows), on several threads if large.
-
-    NumPy releases the GIL inside its loops, so threads scale; each span is independent and written to
-    its own rows, so the result does not depend on the number of threads.
-    """
-    global _pool
+    """Run work(start, stop) over contiguous spans covering range(num_rows), on several threads if large."""
     threads = min(num_threads(), num_rows)
     if threads <= 1 or num_rows * num_classes < _PARALLEL_MIN_ELEMENTS:
         work(0, num_rows)
         return
-    if _pool is None or _pool._max_workers < threads:  # noqa: SLF001 - grow the pool when asked for more
-        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="softxent")
-    bounds = np.linspace(0, num_rows, threads + 1).astype(int)
-    futures = [_pool.submit(work, int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-    for future in futures:
-        future.result()  # re-raises a worker's exception here
+    _SPANS.run(num_rows, threads, work)

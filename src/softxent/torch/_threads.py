@@ -9,30 +9,24 @@ overlap.
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Callable
 
 import torch
+
+from .._spans import SpanPool, configured_threads
 
 # Below this many elements torch's ops run on the calling thread anyway (its intra-op grain size), so the
 # work stays there; above it, it goes to the workers, one span per PARALLEL_MIN_ELEMENTS at most.
 INLINE_MAX_ELEMENTS = 1 << 15
 PARALLEL_MIN_ELEMENTS = 1 << 18
 
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
-_pool_pid = 0  # a forked child (a DataLoader worker) inherits the pool object but not its threads
-_lock = threading.Lock()
-
 
 def num_threads() -> int:
     """SOFTXENT_NUM_THREADS, else torch's intra-op thread count (what the user asked torch to use)."""
-    configured = os.environ.get("SOFTXENT_NUM_THREADS")
-    if configured:
-        return max(1, int(configured))
-    return max(1, torch.get_num_threads())
+    return configured_threads(torch.get_num_threads())
 
 
 def _make_pool(size: int) -> ThreadPoolExecutor:
@@ -57,6 +51,9 @@ def _make_pool(size: int) -> ThreadPoolExecutor:
     return pool
 
 
+_SPANS = SpanPool(_make_pool)
+
+
 def _without_grad(work: Callable[[int, int], None], start: int, stop: int) -> None:
     # grad mode is per thread: a worker would otherwise record autograd history of the kernel's ops
     with torch.no_grad():
@@ -70,7 +67,6 @@ def for_row_spans(num_rows: int, num_classes: int, work: Callable[[int, int], No
     Each span writes only its own rows, so the result does not depend on the number of threads. Off the
     CPU (the generic path on another device) the spans would only queue kernels: one span, one thread.
     """
-    global _pool, _pool_size, _pool_pid
     elements = num_rows * num_classes
     threads = min(num_threads(), num_rows, max(1, elements // PARALLEL_MIN_ELEMENTS))
     on_cpu = device is None or device.type == "cpu"
@@ -78,13 +74,4 @@ def for_row_spans(num_rows: int, num_classes: int, work: Callable[[int, int], No
         work(0, num_rows)
         return
     # even one span runs on a worker: its ops are then single-threaded, with no OpenMP barrier to stall
-    with _lock:
-        if _pool is None or _pool_size < threads or _pool_pid != os.getpid():
-            if _pool is not None and _pool_pid == os.getpid():
-                _pool.shutdown(wait=True)
-            _pool, _pool_size, _pool_pid = _make_pool(threads), threads, os.getpid()
-        pool = _pool
-    bounds = [num_rows * i // threads for i in range(threads + 1)]
-    futures = [pool.submit(_without_grad, work, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-    for future in futures:
-        future.result()  # re-raises a worker's exception here
+    _SPANS.run(num_rows, threads, partial(_without_grad, work))
