@@ -6,7 +6,7 @@ positional arguments, so adding an option means touching one place, not every `F
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from . import _validation as v
@@ -37,9 +37,6 @@ class LossOptions:
         set_(self, "z_loss", v.check_z_loss(self.z_loss))
         set_(self, "softcap", v.check_softcap(self.softcap))
         set_(self, "temperature", v.check_temperature(self.temperature))
-
-    def with_weight(self, weight: Any) -> "LossOptions":
-        return replace(self, weight=weight)
 
     @property
     def transforms_logits(self) -> bool:
