@@ -204,3 +204,64 @@ def calibration(path: Path, probs: dict[str, np.ndarray], y: np.ndarray, eces: d
 
 def _short(name: str, limit: int = 10) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def explain_figure(path: Path, result) -> Path:
+    """`softxent explain --plot`: the scores, hardmax, softmax, loss and gradient of each class, one panel
+    each; with a target distribution, p beside q = softmax with H(p, q) = H(p) + KL(p||q).
+
+    `result` is an explain.Explanation. Infinite values (a -inf score, its infinite loss) get no bar,
+    only their label.
+    """
+    from .explain import number, score
+
+    plt = _pyplot()
+    classes = result.scores.size
+    positions = np.arange(classes)
+    fig, axes = plt.subplots(2, 3, figsize=(11, 6.4), layout="constrained")
+    axes = axes.ravel()
+    marked = [j == result.label for j in range(classes)]
+    colours = ["tab:green" if mark else "tab:gray" for mark in marked]
+    T = f" / {score(result.temperature)}" if result.temperature != 1 else ""
+    panels = [
+        (result.scores, f"scores s_j{' (T = ' + score(result.temperature) + ')' if T else ''}", score, None),
+        (result.hardmax, "hardmax(s): one-hot of the largest", lambda v: number(v, 0), (0, 1.12)),
+        (result.softmax, f"softmax(s{T})_j", lambda v: number(v, 3), (0, 1.12)),
+        (result.loss_per_label, "loss_j = -log softmax_j (were j correct)", number, None),
+        (result.grad, "gradient d loss / d s_j (K = correct class)" if result.label is not None else
+         "gradient d H(p, q) / d s_j = (q_j - p_j) / T", lambda v: number(v, sign=True), None),
+    ]
+    for ax, (values, heading, label, limits) in zip(axes, panels):
+        finite = np.where(np.isfinite(values), values, 0.0)
+        bars = ax.bar(positions, finite, color=colours)
+        ax.bar_label(bars, [label(v) for v in values], fontsize=8, padding=2)
+        ax.axhline(0, color="black", linewidth=0.5)
+        if limits is not None:
+            ax.set_ylim(*limits)
+        else:
+            ax.margins(y=0.2)
+        ax.set_title(heading, fontsize=9)
+        ax.set_xticks(positions, [f"{j}" + (" (K)" if marked[j] else "") for j in positions], fontsize=8)
+        ax.set_xlabel("class j", fontsize=8)
+    last = axes[5]
+    if result.target is None:
+        last.axis("off")
+        lines = [f"logsumexp(s{T}) = {number(result.logsumexp)}", f"entropy of softmax = {number(result.entropy)}",
+                 f"correct class K = {result.label}", f"loss -log p_K = {number(result.loss)} nats",
+                 "gradient = (softmax - onehot(K))" + (" / T" if T else "")]
+        last.text(0.0, 0.9, "\n".join(lines), va="top", fontsize=10, family="monospace", transform=last.transAxes)
+    else:
+        width = 0.4
+        p_bars = last.bar(positions - width / 2, result.target, width, color="tab:orange", label="target p")
+        q_bars = last.bar(positions + width / 2, result.softmax, width, color="tab:blue", label=f"q = softmax(s{T})")
+        last.bar_label(p_bars, [number(v, 3) for v in result.target], fontsize=7, padding=2)
+        last.bar_label(q_bars, [number(v, 3) for v in result.softmax], fontsize=7, padding=2)
+        last.set_ylim(0, 1.12)
+        last.set_xticks(positions, [str(j) for j in positions], fontsize=8)
+        last.set_xlabel("class j", fontsize=8)
+        last.legend(fontsize=8, loc="upper left")
+        last.set_title(f"H(p, q) = H(p) + KL(p||q): {number(result.loss)} = {number(result.target_entropy)} + "
+                       f"{number(result.kl)}", fontsize=9)
+    what = "a target distribution p" if result.target is not None else f"correct class K = {result.label}"
+    fig.suptitle(f"softxent explain {' '.join(score(s) for s in result.scores)}: {what}", fontsize=11)
+    return _save(fig, path)
