@@ -18,7 +18,7 @@ import traceback
 import torch
 import torch.distributed as dist
 
-import softxent.torch.distributed.linear_cross_entropy as linear_module
+import softxent.ops.linear_cross_entropy.distributed as linear_module
 from softxent.torch.distributed import vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
 
 LOG: list[tuple[str, int, str, int]] = []  # (op, elements, dtype, bytes) of each collective, in order

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import softxent as sx
 import softxent.torch as sxt
-from softxent.torch import _backend, _memory
+from softxent._torch import backend as _backend, memory as _memory
 from compare import assert_close
 
 

@@ -20,11 +20,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import softxent as sx
 import softxent.torch as sxt
-from softxent.torch import _threads
+from softxent._torch import threads as _threads
 from compare import assert_close
 
-lce = importlib.import_module("softxent.torch.linear_cross_entropy")  # the package exports the function
-_backend = importlib.import_module("softxent.torch._backend")
+lce = importlib.import_module("softxent.ops.linear_cross_entropy.torch")  # the package exports the function
+_backend = importlib.import_module("softxent._torch.backend")
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 # odd shapes: 7 rows (or 2 x 3 with a leading batch dimension), 5 features, 11 classes

@@ -87,7 +87,7 @@ def test_compiled_softmax_and_linear_cross_entropy_match_eager():
     """The Triton row ops traced directly, and softxent.torch's linear cross-entropy feeding its chunks to
     the Triton kernel (forced on CPU tensors), compiled without a graph break."""
     import softxent.torch as sxt
-    from softxent.torch import _backend
+    from softxent._torch import backend as _backend
 
     x, target = _problem()
     w, b = torch.randn(7, 7, device=DEVICE), torch.randn(7, device=DEVICE)
@@ -111,11 +111,11 @@ def test_compiled_softmax_and_linear_cross_entropy_match_eager():
 
 def test_kernels_compile_for_hopper():
     """One variant per kernel and code path through triton.compile for sm_90, in a process without
-    TRITON_INTERPRET (`python -m softxent.torch.triton._aot` builds all 102 variants; it passed with
+    TRITON_INTERPRET (`python -m softxent._triton.aot` builds all 102 variants; it passed with
     triton 3.6.0 and 3.9.0)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when it is unset
-    done = subprocess.run([sys.executable, "-m", "softxent.torch.triton._aot", "--quick"], env=env,
+    done = subprocess.run([sys.executable, "-m", "softxent._triton.aot", "--quick"], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "16 of 16 kernel variants compiled" in done.stdout

@@ -16,8 +16,9 @@ from triton_env import DEVICE, pytestmark, sxtt, torch  # noqa: F401  (before tr
 
 import softxent as sx
 from softxent._options import LossOptions
-from softxent.torch.triton import _labels, configured
-from softxent.torch.triton._config import plan_rows
+from softxent._triton import labels as _labels
+from softxent.torch.triton import configured
+from softxent._triton.config import plan_rows
 
 from compare import assert_close
 

@@ -1,6 +1,6 @@
 """softxent.torch's public functions on the Triton kernels, against its PyTorch path, under the interpreter.
 
-On CUDA tensors softxent.torch runs the Triton kernels (softxent.torch._backend); here the interpreter
+On CUDA tensors softxent.torch runs the Triton kernels (softxent._torch.backend); here the interpreter
 runs them on CPU tensors, forced with `_backend.forced("triton")`, and the same calls on the PyTorch path
 are the oracle (they are checked against torch and the NumPy layer elsewhere). SOFTXENT_TEST_DEVICE=cuda
 runs the same tests with compiled kernels on a GPU, where the dispatch needs no forcing.
@@ -11,8 +11,8 @@ import pytest
 from triton_env import DEVICE, pytestmark, sxtt, torch  # noqa: F401  (before triton loads: sets TRITON_INTERPRET)
 
 import softxent.torch as sxt
-from softxent.torch import _backend
-from softxent.torch._matmul import addmm_float32_, has_float32_addmm
+from softxent._torch import backend as _backend
+from softxent._torch.matmul import addmm_float32_, has_float32_addmm
 from softxent.torch.triton import configured
 
 from compare import assert_close

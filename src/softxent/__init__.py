@@ -3,12 +3,12 @@
 The NumPy layer lives here (``import softxent as sx``); the PyTorch layer is ``softxent.torch``.
 """
 
-from .core.cross_entropy import cross_entropy
-from .core.entropy import entropy, kl_divergence
-from .core.hardmax import hardmax, one_hot
-from .core.linear_cross_entropy import linear_cross_entropy
-from .core.logsumexp import logsumexp
-from .core.softmax import log_softmax, log_softmax_grad, softmax, softmax_grad
+from softxent.ops.cross_entropy.numpy import cross_entropy
+from softxent.ops.entropy.numpy import entropy, kl_divergence
+from softxent.ops.hardmax.numpy import hardmax, one_hot
+from softxent.ops.linear_cross_entropy.numpy import linear_cross_entropy
+from softxent.ops.logsumexp.numpy import logsumexp
+from softxent.ops.softmax.numpy import log_softmax, log_softmax_grad, softmax, softmax_grad
 
 __version__ = "0.1.0"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import _validation as v
+from softxent import _validation as v
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,6 +1,6 @@
 """The PyTorch layer: drop-in losses for torch.nn.functional, fused and memory-lean.
 
-Import as ``import softxent.torch as sxt``. Needs the `torch` extra.
+Import as ``import softxent.torch as sxt``. Needs the `torch` extra (``pip install 'softxent[torch]'``).
 
 - `cross_entropy`, `CrossEntropyLoss`: torch.nn.functional.cross_entropy's drop-in; the gradient is
   computed in the forward sweep into one logits-sized buffer.
@@ -9,9 +9,16 @@ Import as ``import softxent.torch as sxt``. Needs the `torch` extra.
 - `softmax`, `log_softmax`, `logsumexp`, `hardmax`: with softxent's limits for masked and +inf rows.
 """
 
-from .cross_entropy import CrossEntropyLoss, cross_entropy
-from .linear_cross_entropy import LinearCrossEntropyLoss, linear_cross_entropy
-from .softmax import hardmax, log_softmax, logsumexp, softmax
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as err:  # pragma: no cover - exercised in a subprocess without torch
+    raise ImportError("softxent.torch needs PyTorch: pip install 'softxent[torch]'") from err
+
+from softxent.ops.cross_entropy.torch import CrossEntropyLoss, cross_entropy
+from softxent.ops.hardmax.torch import hardmax
+from softxent.ops.linear_cross_entropy.torch import LinearCrossEntropyLoss, linear_cross_entropy
+from softxent.ops.logsumexp.torch import logsumexp
+from softxent.ops.softmax.torch import log_softmax, softmax
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "hardmax", "cross_entropy", "CrossEntropyLoss",
            "linear_cross_entropy", "LinearCrossEntropyLoss"]

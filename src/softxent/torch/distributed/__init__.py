@@ -6,8 +6,8 @@ losses equal the single-process losses on the full vocabulary, and each rank get
 slice. Communication is O(rows): see each function's docstring for the exact volume.
 """
 
-from ._group import CollectiveError
-from .cross_entropy import vocab_parallel_cross_entropy
-from .linear_cross_entropy import vocab_parallel_linear_cross_entropy
+from softxent._torch.collectives import CollectiveError
+from softxent.ops.cross_entropy.distributed import vocab_parallel_cross_entropy
+from softxent.ops.linear_cross_entropy.distributed import vocab_parallel_linear_cross_entropy
 
 __all__ = ["CollectiveError", "vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from ..cross_entropy import gradient_scale, mean_denominator
+from softxent.ops.cross_entropy.torch import gradient_scale, mean_denominator
 
 
 def mean_scale(target: torch.Tensor, weight: Optional[torch.Tensor], ignore_index: int,

@@ -1,0 +1,117 @@
+"""Array plumbing for the NumPy layer: conversion, class axes as rows, precision, row spans on threads."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from softxent import _validation as v
+from softxent._spans import SpanPool, configured_threads
+
+
+def as_float_array(x: Any, name: str) -> np.ndarray:
+    """x as a floating NumPy array: floats kept as they are, integers as float64, anything else refused."""
+    try:
+        array = np.asarray(x)
+    except (ValueError, TypeError) as err:  # ragged nested lists, unconvertible objects
+        raise ValueError(f"{name} must be a rectangular numeric array; {err}") from None
+    v.check_numeric(array, name)
+    return array if array.dtype.kind == "f" else array.astype(np.float64)
+
+
+def as_label_array(labels: Any, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(labels)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{name} must be a rectangular integer array; {err}") from None
+    v.check_integer_labels(array, name)
+    return array
+
+
+def accurate_dtype(dtype: np.dtype) -> np.dtype:
+    """Where log-domain results are computed: float64 for half, single and double inputs.
+
+    float32 logits are exact in float64 and so are their differences, so the loss, the log-sum-exp and
+    the log-probabilities come back correctly rounded to float32 but for the last rounding.
+    """
+    return np.dtype(np.longdouble) if dtype == np.longdouble else np.dtype(np.float64)
+
+
+def fast_dtype(dtype: np.dtype) -> np.dtype:
+    """Where probabilities are computed: float16 is accumulated in float32 (API rule 8), others as given."""
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
+class Rows:
+    """A view of `x` as a 2-D (rows, classes) array with the class axes last, and the way back."""
+
+    def __init__(self, x: np.ndarray, axes: tuple[int, ...]):
+        self.shape = x.shape
+        self.axes = axes
+        batch = [a for a in range(x.ndim) if a not in axes]
+        self.order = batch + list(axes)
+        moved = x.transpose(self.order)
+        self.batch_shape = moved.shape[: len(batch)]
+        self.num_classes = int(np.prod(moved.shape[len(batch):], dtype=np.int64))
+        # reshape copies only when the class axes are not already last and contiguous
+        self.data = moved.reshape(int(np.prod(self.batch_shape, dtype=np.int64)), self.num_classes)
+
+    def like(self, other: np.ndarray) -> np.ndarray:
+        """Another array of x's shape (a mask, scale factors, targets) in the same row layout."""
+        return np.broadcast_to(other, self.shape).transpose(self.order).reshape(self.data.shape)
+
+    def restore(self, rows: np.ndarray) -> np.ndarray:
+        """A (rows, classes) result back to x's shape and axis order."""
+        moved = rows.reshape(self.batch_shape + tuple(self.shape[a] for a in self.axes))
+        return moved.transpose(np.argsort(self.order))
+
+    def reduced(self, per_row: np.ndarray, keepdims: bool = False) -> np.ndarray:
+        """A per-row result with the class axes dropped (or kept with length 1)."""
+        out = per_row.reshape(self.batch_shape)
+        if keepdims:
+            for axis in self.axes:
+                out = np.expand_dims(out, axis)
+        return out
+
+
+# --- rows in cache-sized blocks, spans of rows on threads --------------------------------------------
+
+# A block of rows is about 2 MiB in the working precision (8 rows of 32000 float64): small enough that
+# the several sweeps over it (max, subtract, exp, sum, scale) hit the cache, large enough that the
+# few dozen NumPy calls per block cost little next to the arithmetic. Python holds the GIL between
+# those calls, so with blocks of one short row the threads would wait on each other.
+_BLOCK_BYTES = 2 * 1024 * 1024
+# Below this many elements a thread pool costs more than it saves.
+_PARALLEL_MIN_ELEMENTS = 1 << 20
+
+_SPANS = SpanPool(lambda size: ThreadPoolExecutor(max_workers=size, thread_name_prefix="softxent"))
+
+
+def num_threads() -> int:
+    """SOFTXENT_NUM_THREADS, else the cores this process may run on."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return configured_threads(cores)
+
+
+def block_rows(num_classes: int, itemsize: int = 8) -> int:
+    return max(1, _BLOCK_BYTES // max(1, num_classes * itemsize))
+
+
+def blocks(start: int, stop: int, step: int) -> Iterator[slice]:
+    for lo in range(start, stop, step):
+        yield slice(lo, min(lo + step, stop))
+
+
+def for_row_spans(num_rows: int, num_classes: int, work: Callable[[int, int], None]) -> None:
+    """Run work(start, stop) over contiguous spans covering range(num_rows), on several threads if large."""
+    threads = min(num_threads(), num_rows)
+    if threads <= 1 or num_rows * num_classes < _PARALLEL_MIN_ELEMENTS:
+        work(0, num_rows)
+        return
+    _SPANS.run(num_rows, threads, work)

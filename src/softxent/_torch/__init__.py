@@ -1,0 +1,1 @@
+"""PyTorch plumbing shared by the ops: backend choice, threads, memory, matmul, collectives."""

@@ -1,0 +1,77 @@
+"""Spans of rows on worker threads that each run torch single-threaded.
+
+torch's intra-op pool (OpenMP) forks and joins every op; over a cache-sized chunk of rows that costs
+more than the op, and when the machine is shared a late thread stalls every barrier. So a large problem
+is cut into one contiguous span of rows per core and each span runs on its own worker thread, whose ops
+are single-threaded: no barrier until the end. torch releases the GIL inside its ops, so the threads
+overlap.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Callable
+
+import torch
+
+from softxent._spans import SpanPool, configured_threads
+
+# Below this many elements torch's ops run on the calling thread anyway (its intra-op grain size), so the
+# work stays there; above it, it goes to the workers, one span per PARALLEL_MIN_ELEMENTS at most.
+INLINE_MAX_ELEMENTS = 1 << 15
+PARALLEL_MIN_ELEMENTS = 1 << 18
+
+
+def num_threads() -> int:
+    """SOFTXENT_NUM_THREADS, else torch's intra-op thread count (what the user asked torch to use)."""
+    return configured_threads(torch.get_num_threads())
+
+
+def _make_pool(size: int) -> ThreadPoolExecutor:
+    """A pool whose workers run torch ops on one thread each.
+
+    torch.set_num_threads(1) in a worker pins that worker's OpenMP team to one thread, but it also sets
+    the process default that threads started later inherit; so every worker is started (held at a
+    barrier) before the caller's own setting is put back.
+    """
+    caller = torch.get_num_threads()
+    started = threading.Barrier(size + 1)
+
+    def single_threaded() -> None:
+        torch.set_num_threads(1)
+
+    pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="softxent-torch", initializer=single_threaded)
+    waits = [pool.submit(started.wait) for _ in range(size)]
+    started.wait()
+    for wait in waits:
+        wait.result()
+    torch.set_num_threads(caller)
+    return pool
+
+
+_SPANS = SpanPool(_make_pool)
+
+
+def _without_grad(work: Callable[[int, int], None], start: int, stop: int) -> None:
+    # grad mode is per thread: a worker would otherwise record autograd history of the kernel's ops
+    with torch.no_grad():
+        work(start, stop)
+
+
+def for_row_spans(num_rows: int, num_classes: int, work: Callable[[int, int], None], *,
+                  device: torch.device | None = None) -> None:
+    """Run work(start, stop) over contiguous spans covering range(num_rows), one per thread if large.
+
+    Each span writes only its own rows, so the result does not depend on the number of threads. Off the
+    CPU (the generic path on another device) the spans would only queue kernels: one span, one thread.
+    """
+    elements = num_rows * num_classes
+    threads = min(num_threads(), num_rows, max(1, elements // PARALLEL_MIN_ELEMENTS))
+    on_cpu = device is None or device.type == "cpu"
+    if not on_cpu or elements <= INLINE_MAX_ELEMENTS:
+        work(0, num_rows)
+        return
+    # even one span runs on a worker: its ops are then single-threaded, with no OpenMP barrier to stall
+    _SPANS.run(num_rows, threads, partial(_without_grad, work))

@@ -1,1 +1,0 @@
-"""The NumPy layer: the readable specification of every loss, and the CPU path."""

@@ -1,0 +1,292 @@
+"""The row math of vocab-parallel cross-entropy: per-rank statistics, their combination, the gradient.
+
+Rank r holds the logits z_j of its classes j in [start_r, stop_r). Writing the target as coefficients
+a_j >= 0 (class index t: a_j = (1 - e) w_t [j = t] + (e / V) w_j; probabilities p: a_j = ((1 - e) p_j +
+e / V) w_j; w = 1 without class weights, e the label smoothing) the loss of a row is (cf. the NumPy spec,
+softxent/core/cross_entropy.py)
+
+    loss = sum_j a_j (lse - z_j) + zl * lse**2,   lse = log sum_j exp z_j,
+
+and with A = sum_j a_j its gradient is  dloss/dz_j = (A + 2 zl lse) softmax(z)_j - a_j.  Each rank
+reduces its slice to four numbers per row (the last one only for probability targets, since for class
+indices every rank can compute it from the global weights):
+
+    m_r = max_j z_j                                   (shift c_r = m_r, or 0 when m_r = +-inf)
+    t_r = sum_j exp(z_j - c_r) - 1                    (summed without the maximum's own exp(0) = 1)
+    P_r = sum_j a_j (c_r - z_j)  >= 0                 (terms with a_j = 0 dropped: 0 * inf = 0)
+    A_r = sum_j a_j
+
+One all-gather of these (rows x 3 or 4 per rank) gives every rank the same table, from which, with M
+the largest m_r, r* the first rank holding it and delta_r = M - m_r >= 0,
+
+    S    = t_{r*} + sum_{r != r*} (1 + t_r) exp(-delta_r)        lse = M + log1p(S)
+    loss = A log1p(S) + sum_r (P_r + delta_r A_r) + zl lse**2
+
+a sum of terms >= 0, so nothing cancels, and log1p(S) stays exact when one class dominates (Blanchard,
+Higham & Higham 2021). The backward needs only lse and A per row: softmax(z)_j = exp(z_j - lse) is
+local. Limits follow API.md: a row whose logits are all -inf on every rank contributes 0 and a zero
+gradient (and is counted by "mean"); +inf logits share the mass equally; NaN propagates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from softxent._options import LossOptions
+from softxent._torch.collectives import Layout
+
+_INF = float("inf")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float16/bfloat16 are accumulated in float32 (API rule 8); float32 and float64 as they are."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@dataclass
+class _Combined:
+    """What the backward needs per row, from the gathered statistics (all (n,) tensors)."""
+
+    lse: torch.Tensor  # compute dtype; 0 in rows whose logits are all -inf (their gradient is zeroed)
+    log_sum: torch.Tensor  # float64: log1p(S), the lse relative to the global shift
+    coef_total: torch.Tensor  # float64: A + 2 zl lse, the factor of softmax in the gradient
+    kept: torch.Tensor  # bool: rows that carry a gradient (not ignored, not fully masked)
+    infinite: torch.Tensor  # int64 indices of rows holding +inf somewhere
+
+
+class RowProblem:
+    """Targets, class weights and options laid out as rows, identical on every rank but for `probs`.
+
+    `labels` are the global class ids (n,) or None; `probs` this rank's slice (n, V_local) of probability
+    targets or None; `weight` the global class weights (V,) or None, already checked.
+    """
+
+    def __init__(self, layout: Layout, labels: torch.Tensor | None, probs: torch.Tensor | None,
+                 weight: torch.Tensor | None, options: LossOptions, dtype: torch.dtype, device: torch.device,
+                 num_rows: int):
+        self.layout = layout
+        self.options = options
+        self.labels = labels
+        self.probs = probs
+        self.num_rows = num_rows
+        self.dtype = compute_dtype(dtype)
+        self.device = device
+        self.weight = None if weight is None else weight.to(device=device, dtype=torch.float64)
+        self.local_weight = None if weight is None else \
+            self.weight[layout.start:layout.stop].to(self.dtype)
+        self.width = 3 if labels is not None else 4  # statistics per row per rank
+        e, vocab = options.label_smoothing, layout.total
+        self.smooth = e / vocab if vocab else 0.0  # e / V: the uniform part of the smoothed target
+        if labels is not None:
+            self.kept = labels != options.ignore_index
+            safe = torch.where(self.kept, labels, torch.zeros_like(labels))
+            target_weight = torch.ones(num_rows, dtype=torch.float64, device=device) if weight is None \
+                else self.weight[safe]
+            self.target_weight = torch.where(self.kept, target_weight, torch.zeros_like(target_weight))
+            self.target_coef = (1.0 - e) * self.target_weight  # a_t, the target's own coefficient
+            self.smooth_coef = self.smooth * self.kept.to(torch.float64)  # e / V on kept rows
+            self.owned = self.kept & (labels >= layout.start) & (labels < layout.stop)
+            self.local_index = torch.where(self.owned, labels - layout.start, torch.zeros_like(labels))
+        else:
+            self.kept = torch.ones(num_rows, dtype=torch.bool, device=device)
+
+    # --- reduction -----------------------------------------------------------------------------------
+
+    def denominator(self) -> float:
+        """What "mean" divides by: sum of weight[t] over rows not ignored, or the number of rows."""
+        if self.labels is None:
+            return float(self.num_rows)
+        return float(self.target_weight.sum())
+
+    def grad_scale(self) -> float:
+        if self.options.reduction != "mean":
+            return 1.0
+        denominator = self.denominator()
+        return 1.0 / denominator if denominator else 0.0  # every row ignored: zero gradient (rule 5)
+
+    def reduce(self, losses: torch.Tensor, batch_shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        reduction = self.options.reduction
+        if reduction == "none":
+            return losses.reshape(batch_shape).to(dtype)
+        total = losses.sum()
+        if reduction == "mean":
+            denominator = self.denominator()
+            total = total / denominator if denominator else torch.zeros_like(total)
+        return total.to(dtype)
+
+    def row_scale(self, grad_output: torch.Tensor) -> torch.Tensor:
+        """d(reduced loss)/d(row loss) times the incoming gradient, per row, float64 (n,)."""
+        grad = grad_output.to(torch.float64)
+        grad = grad.reshape(-1) if self.options.reduction == "none" else grad.expand(self.num_rows)
+        return grad * self.grad_scale()
+
+    # --- 1. per-rank statistics ----------------------------------------------------------------------
+
+    def local_stats(self, z: torch.Tensor, rows: slice) -> torch.Tensor:
+        """(m, t, P[, A]) per row of this rank's logits z (n_c, V_local), in the compute dtype."""
+        n = z.shape[0]
+        stats = torch.zeros((n, self.width), dtype=self.dtype, device=z.device)
+        if z.shape[1] == 0:  # an empty slice: contributes exp(-inf) = 0 everywhere
+            stats[:, 0] = -_INF
+            return stats
+        m, first = torch.max(z, dim=1)  # NaN-propagating: a NaN row gets m = NaN
+        m = m.to(self.dtype)
+        shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        # 1a. d = z - c <= 0, so exp never overflows; rows holding +inf take their limit (0 there, -inf elsewhere)
+        d = z.to(self.dtype) - shift[:, None]
+        infinite = torch.nonzero(m == _INF).reshape(-1)
+        if infinite.numel():
+            d[infinite] = torch.where(z[infinite] == _INF, 0.0, -_INF).to(self.dtype)
+        # 1b. P = sum_j a_j (-d_j), every term >= 0, before d is overwritten by exp(d)
+        if self.labels is not None:
+            penalty = self._index_penalty(d, rows)
+        else:
+            coef = self._prob_coef(rows)
+            stats[:, 3] = coef.sum(dim=1)
+            penalty = _weighted_neg_sum(d, coef)
+        stats[:, 2] = penalty
+        # 1c. t = sum_j exp(d_j) without the maximum's own term (exactly 1), so log1p keeps the tail
+        d.exp_()
+        d.scatter_(1, first[:, None], 0.0)
+        stats[:, 0] = m
+        stats[:, 1] = d.sum(dim=1)
+        return stats
+
+    def _index_penalty(self, d: torch.Tensor, rows: slice) -> torch.Tensor:
+        owned, coef = self.owned[rows], self.target_coef[rows].to(self.dtype)
+        target_d = d.gather(1, self.local_index[rows][:, None]).reshape(-1)
+        penalty = torch.where(owned & (coef > 0), coef * -target_d, torch.zeros_like(target_d))
+        if self.options.label_smoothing:
+            smooth = self.smooth_coef[rows].to(self.dtype)
+            smooth_sum = _weighted_neg_sum(d, self.local_weight)  # sum_j w_j (-d_j) over this slice
+            penalty = penalty + torch.where(smooth > 0, smooth * smooth_sum, torch.zeros_like(smooth_sum))
+        return penalty
+
+    def _prob_coef(self, rows: slice) -> torch.Tensor:
+        """a_j = ((1 - e) p_j + e / V) w_j for this rank's classes, (n_c, V_local) in the compute dtype."""
+        coef = self.probs[rows].to(self.dtype) * (1.0 - self.options.label_smoothing)
+        if self.smooth:
+            coef += self.smooth
+        if self.local_weight is not None:
+            coef *= self.local_weight
+        return coef
+
+    def rank_coef_totals(self) -> torch.Tensor:
+        """A_r for class-index targets, (P, n) float64: each rank's share of sum_j a_j, known everywhere."""
+        layout = self.layout
+        stops = torch.tensor([layout.starts[r] + layout.sizes[r] for r in range(layout.world)],
+                             dtype=torch.int64, device=self.device)
+        owner = torch.searchsorted(stops, self.labels.clamp(min=0), right=True).clamp(max=layout.world - 1)
+        totals = torch.zeros((layout.world, self.num_rows), dtype=torch.float64, device=self.device)
+        totals[owner, torch.arange(self.num_rows, device=self.device)] = self.target_coef
+        if self.options.label_smoothing:
+            if self.weight is None:
+                slice_weight = torch.tensor(layout.sizes, dtype=torch.float64, device=self.device)
+            else:
+                slice_weight = torch.stack([self.weight[a:a + s].sum() for a, s in zip(layout.starts, layout.sizes)])
+            totals += slice_weight[:, None] * self.smooth_coef[None, :]
+        return totals
+
+    # --- 2. every rank's statistics -> loss per row ----------------------------------------------------
+
+    def combine(self, gathered: torch.Tensor) -> torch.Tensor:
+        """Per-row losses (float64, (n,)) from the gathered statistics (P, n, width); keeps what backward needs."""
+        g = gathered.to(torch.float64)
+        m, t, penalty = g[..., 0], g[..., 1], g[..., 2]
+        coef = g[..., 3] if self.labels is None else self.rank_coef_totals()
+        rows = torch.arange(self.num_rows, device=g.device)
+        top = m.amax(dim=0)  # M (NaN if any rank saw NaN)
+        at_top = m == top[None, :]
+        delta = torch.where(at_top, torch.zeros_like(m), top[None, :] - m)  # >= 0; inf for slices far below
+        # S = t_{r*} + sum_{r != r*} (1 + t_r) exp(-delta_r): the first maximum's exp(0) = 1 left out
+        has_max = (m > -_INF).to(torch.float64)  # a slice of -inf only has no exp(0) term
+        parts = (has_max + t) * torch.exp(-delta)
+        first = at_top.to(torch.int8).argmax(dim=0)
+        parts[first, rows] = t[first, rows]
+        log_sum = torch.log1p(parts.sum(dim=0))
+        coef_total = coef.sum(dim=0)
+        shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        finite_lse = shift + log_sum  # for rows holding +inf: the log of how many +inf entries there are
+        lse = torch.where(top == _INF, top, finite_lse)
+
+        # loss = A log1p(S) + sum_r (P_r + delta_r A_r): each term >= 0; 0 * inf dropped where A_r = 0
+        spread = torch.where(coef > 0, delta * coef, torch.zeros_like(delta))
+        losses = coef_total * log_sum + (penalty + spread).sum(dim=0)
+        masked = top == -_INF  # every logit of the row -inf on every rank: no information (rule 2)
+        kept = self.kept & ~masked
+        if self.options.z_loss:
+            losses = losses + torch.where(kept, self.options.z_loss * lse * lse, torch.zeros_like(lse))
+        losses = torch.where(kept, losses, torch.zeros_like(losses))
+
+        self.combined = _Combined(
+            lse=torch.where(masked, torch.zeros_like(lse), lse).to(self.dtype),
+            log_sum=log_sum,
+            coef_total=coef_total + 2.0 * self.options.z_loss * finite_lse,
+            kept=kept,
+            infinite=torch.nonzero(top == _INF).reshape(-1))
+        return losses
+
+    # --- 3. the gradient of this rank's slice ---------------------------------------------------------
+
+    def gradient(self, z: torch.Tensor, rows: slice, row_scale: torch.Tensor, *, out: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """d(loss)/dz for this rank's logits z (n_c, V_local): s ((A + 2 zl lse) p_j - a_j), compute dtype.
+
+        `row_scale` (n,) float64 holds d(reduced loss)/d(row loss) times the incoming gradient. `out`, a
+        (n_c, V_local) tensor of the compute dtype, receives the gradient (it may be z itself).
+        """
+        c = self.combined
+        kept = c.kept[rows]
+        s = torch.where(kept, row_scale[rows], torch.zeros_like(row_scale[rows]))
+        lse = c.lse[rows][:, None]
+        # 1. softmax(z)_j = exp(z_j - lse): local, the global lse is all it needs
+        grad = torch.sub(z, lse, out=out) if out is not None else z.to(self.dtype) - lse
+        grad.exp_()
+        self._fix_infinite(grad, rows)
+        # 2. times s (A + 2 zl lse), minus s a_j: the smoothing part in the same pass when it is uniform
+        factor = (s * c.coef_total[rows]).to(self.dtype)[:, None]
+        if self.labels is not None and self.options.label_smoothing and self.local_weight is None:
+            torch.addcmul(-(s * self.smooth_coef[rows]).to(self.dtype)[:, None], grad, factor, out=grad)
+        else:
+            grad *= factor
+            if self.labels is not None and self.options.label_smoothing:
+                grad -= (s * self.smooth_coef[rows]).to(self.dtype)[:, None] * self.local_weight
+            elif self.labels is None:
+                grad -= self._prob_coef(rows) * s.to(self.dtype)[:, None]
+        if self.labels is not None:
+            owned = torch.nonzero(self.owned[rows]).reshape(-1)
+            coef = (s * self.target_coef[rows]).to(self.dtype)
+            grad[owned, self.local_index[rows][owned]] -= coef[owned]
+        # 3. rows not kept (ignored, or all -inf) get exactly 0, also where exp above gave NaN
+        dropped = torch.nonzero(~kept).reshape(-1)
+        if dropped.numel():
+            grad[dropped] = 0.0
+        return grad
+
+    def _fix_infinite(self, grad: torch.Tensor, rows: slice) -> None:
+        """Rows holding +inf: softmax is 1/k at each of the k +inf entries, where exp(inf - inf) gave NaN."""
+        infinite = self.combined.infinite
+        if not infinite.numel():
+            return
+        start = rows.start or 0
+        local = infinite[(infinite >= start) & (infinite < start + grad.shape[0])] - start
+        for row in local.tolist():
+            at_inf = torch.isnan(grad[row])  # the row has no NaN logit, else its lse would be NaN
+            share = torch.exp(-self.combined.log_sum[start + row]).to(self.dtype)
+            grad[row] = torch.where(at_inf, share, torch.zeros_like(grad[row]))
+
+
+def _weighted_neg_sum(d: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """sum_j weight_j (-d_j) per row (weight a vector, a matrix or None for ones), with 0 * inf = 0."""
+    if weight is None:
+        return -d.sum(dim=1)
+    sums = -(d @ weight) if weight.dim() == 1 else -(d * weight).sum(dim=1)
+    broken = torch.nonzero(torch.isnan(sums)).reshape(-1)
+    if broken.numel():  # a -inf logit where the weight is 0: that term is 0 (rule 4); NaN logits stay NaN
+        part = d[broken]
+        w = weight if weight.dim() == 1 else weight[broken]
+        terms = torch.where(w > 0, -part * w, torch.where(torch.isnan(part), part, torch.zeros_like(part)))
+        sums[broken] = terms.sum(dim=1)
+    return sums

@@ -1,0 +1,317 @@
+"""Cross-entropy of softmax probabilities against class indices or class probabilities, with its gradient."""
+
+from __future__ import annotations
+
+from copy import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from softxent import _validation as v
+from softxent._options import LossOptions
+from softxent._arrays import Rows, accurate_dtype, as_float_array, block_rows, blocks, for_row_spans
+from softxent.ops.logsumexp.numpy import exp_log_sum, shift_rows
+from softxent.ops.entropy.numpy import check_probabilities
+from softxent.ops.hardmax.numpy import check_labels
+
+
+def cross_entropy(logits: Any, target: Any, *, axis: int = -1, weight: Any = None, ignore_index: int = -100,
+                  reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+                  softcap: float | None = None, temperature: float = 1.0, return_grad: bool = False):
+    """Cross-entropy between ``softmax(logits)`` and a target: the softmax loss of every classifier.
+
+    For a row of logits x with class-index target t, the loss is ``-log softmax(x)_t = lse(x) - x_t``,
+    computed as ``(m - x_t) + log1p(sum_{j != argmax} exp(x_j - m))``: two terms >= 0, so nothing cancels
+    and the loss stays exact (within 2 ulp in float32, 4 ulp in float64) even at 1e-10, where the target
+    dominates. For probability targets p the loss is ``-sum_j p_j log softmax(x)_j`` with 0 log 0 = 0;
+    cross-entropy between distributions p and q is ``cross_entropy(log(q), p) = entropy(p) +
+    kl_divergence(p, q)``. Options apply in PyTorch's way (API.md rules 5-7):
+
+    - `softcap` c: logits become ``c * tanh(logits / c)`` first (Gemma 2); then `temperature` T divides them.
+    - `weight` w: the loss of a row with target t is scaled by ``w_t`` (probability targets: ``w_j`` inside
+      the sum); ``"mean"`` divides by ``sum w_t`` over the rows not ignored (by the number of rows for
+      probability targets), as PyTorch.
+    - `label_smoothing` e: the target becomes ``(1 - e) * onehot(t) + e / C`` (weighted as above).
+    - `z_loss` z: adds ``z * lse(x)**2`` per row (PaLM), unweighted, normalised as the rest.
+    - `ignore_index`: rows with that label contribute 0 loss and 0 gradient and are not counted.
+    - A fully masked row (all logits -inf) contributes 0 loss and 0 gradient but is counted. With every
+      row ignored, ``"mean"`` gives 0 (PyTorch: NaN). Labels outside [0, C) raise ValueError.
+
+    Args:
+        logits: real array with classes on `axis`; float16 is accumulated in float32 or wider.
+        target: integer class indices with the shape of `logits` minus `axis`, or float probabilities
+            with the shape of `logits`.
+        axis: the class axis.
+        weight, ignore_index, reduction, label_smoothing, z_loss, softcap, temperature: as above;
+            `reduction` is ``"none"`` (per-row losses), ``"mean"`` or ``"sum"``.
+        return_grad: also return d(loss)/d(logits) (for ``"none"``, of the sum of the losses).
+
+    Returns:
+        The loss in the dtype of `logits` (an array for ``"none"``), or ``(loss, grad)`` with `return_grad`.
+
+    Example:
+        >>> import softxent as sx
+        >>> round(float(sx.cross_entropy([[1.0, 2.0, 3.0]], [2])), 4)   # -log 0.665
+        0.4076
+        >>> loss, grad = sx.cross_entropy([[1.0, 2.0, 3.0]], [2], return_grad=True)
+        >>> grad.round(3)                                                # softmax - onehot
+        array([[ 0.09 ,  0.245, -0.335]])
+    """
+    logits = as_float_array(logits, "logits")
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least one dimension (the classes); got a scalar")
+    options = LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                          z_loss=z_loss, softcap=softcap, temperature=temperature)
+    if axis is None or isinstance(axis, tuple):
+        raise TypeError(f"axis must be an int for cross_entropy (one class axis); got {axis!r}")
+    (class_axis,) = v.normalize_axes(axis, logits.ndim)
+    rows = Rows(logits, (class_axis,))
+    problem = CrossEntropyRows.build(logits.shape, rows.num_classes, target, weight, options, class_axis,
+                                     to_rows=rows.like)
+
+    scale = problem.grad_scale()
+    grad = np.empty(rows.data.shape, dtype=logits.dtype) if return_grad else None
+    losses = problem.losses(rows.data, grad, scale)
+    loss = problem.reduce(losses, rows.batch_shape, logits.dtype)
+    return (loss, rows.restore(grad)) if return_grad else loss
+
+
+class CrossEntropyRows:
+    """A cross-entropy problem over rows of logits: checked targets and weights, and the row kernel.
+
+    Built once per call; `losses` can run over the whole (rows, C) array or over chunks of it (the fused
+    linear layer computes its logits a chunk of rows at a time and passes `rows` to select targets).
+    """
+
+    def __init__(self, num_classes: int, labels: np.ndarray | None, probs: np.ndarray | None,
+                 weight: np.ndarray | None, options: LossOptions):
+        self.num_classes = num_classes
+        self.labels = labels  # (rows,) class indices, or None
+        self.probs = probs  # (rows, C) probabilities, or None
+        self.weight = weight  # (C,) float64, or None
+        self.options = options
+
+    @classmethod
+    def build(cls, logits_shape: tuple, num_classes: int, target: Any, weight: Any, options: LossOptions,
+              class_axis: int, to_rows) -> "CrossEntropyRows":
+        """Check target and weight against the logits' shape and lay them out as rows."""
+        try:
+            target = np.asarray(target)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"target must be a rectangular numeric array; {err}") from None
+        kind = v.check_target(logits_shape, target, class_axis)
+        labels = probs = None
+        if kind == "index":
+            check_labels(target, num_classes, options.ignore_index)
+            labels = target.reshape(-1)
+        else:
+            probs = to_rows(check_probabilities(target, "target"))
+        return cls(num_classes, labels, probs, _checked_weight(weight, num_classes), options)
+
+    # --- reduction ---------------------------------------------------------------------------------
+
+    def denominator(self) -> float:
+        """What "mean" divides by: sum of weight[t] over rows not ignored, or the number of rows."""
+        if self.labels is None:
+            return float(self.probs.shape[0])
+        kept = self.labels[self.labels != self.options.ignore_index]
+        return float(kept.size if self.weight is None else self.weight[kept].sum())
+
+    def grad_scale(self) -> float:
+        if self.options.reduction != "mean":
+            return 1.0
+        denominator = self.denominator()
+        return 1.0 / denominator if denominator else 0.0  # all ignored: zero gradient (rule 5)
+
+    def reduce(self, losses: np.ndarray, batch_shape: tuple, dtype: np.dtype):
+        reduction = self.options.reduction
+        if reduction == "none":
+            return losses.reshape(batch_shape).astype(dtype)
+        total = losses.sum()
+        if reduction == "mean":
+            denominator = self.denominator()
+            total = total / denominator if denominator else 0.0
+        return np.asarray(total, dtype=dtype)[()]
+
+    # --- the row kernel ----------------------------------------------------------------------------
+
+    def losses(self, logits: np.ndarray, grad_out: np.ndarray | None, grad_scale: float,
+               rows: slice = slice(None)) -> np.ndarray:
+        """Per-row losses (float64) of logits (n, C), the targets' `rows`; fills grad_out if given.
+
+        grad_out receives d(grad_scale * sum of losses)/d(logits) and may be `logits` itself: each block
+        of rows is read into scratch before its gradient is written.
+        """
+        labels = None if self.labels is None else self.labels[rows]
+        probs = None if self.probs is None else self.probs[rows]
+        num_rows, num_classes = logits.shape
+        losses = np.zeros(num_rows, dtype=np.float64)
+        if num_classes == 0:
+            return losses
+        work_dtype = accurate_dtype(logits.dtype)
+        step = block_rows(num_classes, work_dtype.itemsize)
+
+        def work(start: int, stop: int) -> None:
+            scratch = _Scratch((min(step, stop - start), num_classes), work_dtype,
+                               tanh=grad_out is not None and self.options.softcap is not None,
+                               coef=probs is not None,
+                               main=grad_out is None or grad_out.dtype != work_dtype)
+            for block in blocks(start, stop, step):
+                losses[block] = self._block(
+                    logits[block], None if labels is None else labels[block],
+                    None if probs is None else probs[block],
+                    None if grad_out is None else grad_out[block], grad_scale,
+                    scratch.first(block.stop - block.start))
+
+        for_row_spans(num_rows, num_classes, work)
+        return losses
+
+    def _block(self, logits, labels, probs, grad_out, grad_scale, scratch) -> np.ndarray:
+        options, weight, num_classes = self.options, self.weight, self.num_classes
+        smoothing = options.label_smoothing
+        n = logits.shape[0]
+        rows = np.arange(n)
+        buf = grad_out if scratch.main is None else scratch.main
+
+        # 1. z = softcap * tanh(x / softcap) / T in the working precision, then d = z - max z
+        if options.softcap is not None:
+            # a -inf logit is a mask, not a score: the cap would lift it to -softcap and give the masked
+            # class mass, so it stays -inf (masks apply after the cap, as in Gemma 2); found before buf,
+            # which may be the logits' own memory, is written
+            capped_masks = np.isneginf(logits)
+            np.copyto(buf, logits, casting="unsafe")
+            with np.errstate(over="ignore"):  # x / softcap beyond the float range: tanh(inf) = 1 is right
+                buf /= options.softcap
+            np.tanh(buf, out=buf)
+            if scratch.tanh is not None:
+                scratch.tanh[...] = buf  # for the chain rule: dz/dx = (1 - tanh^2) / T
+            buf *= options.softcap / options.temperature
+            np.copyto(buf, -np.inf, where=capped_masks)
+            shift = shift_rows(buf, buf)
+        else:
+            shift = shift_rows(logits, buf)
+            if options.temperature != 1.0:
+                # (x - m) / T after the shift, so x / T never overflows; max(x / T) is m / T for T > 0.
+                # Beyond the float range (T < 1 and |x| near the maximum) the result is that large
+                with np.errstate(over="ignore"):
+                    buf /= options.temperature
+                    shift.value /= options.temperature
+
+        # 2. the target's coefficients a_j (loss = sum_j a_j (lse - z_j)) and the sums that need d
+        if labels is not None:
+            kept = labels != options.ignore_index
+            safe = np.where(kept, labels, 0)
+            target_coef = (1.0 - smoothing) * (1.0 if weight is None else weight[safe]) * kept
+            target_d = buf[rows, safe]
+            if smoothing:
+                smooth_coef = smoothing / num_classes * kept  # times weight_j on class j
+                smooth_d = _weighted_row_sums(buf, weight)
+            total_coef = target_coef + (smooth_coef * (num_classes if weight is None else weight.sum())
+                                        if smoothing else 0.0)
+        else:
+            kept = np.ones(n, dtype=bool)
+            coef = scratch.coef
+            np.multiply(probs, 1.0 - smoothing, out=coef)
+            coef += smoothing / num_classes
+            if weight is not None:
+                coef *= weight
+            coef_d = _weighted_row_sums(buf, coef)
+            total_coef = coef.sum(axis=1)
+
+        # 3. e = exp(d) and L = log sum e, exact; lse = max + L
+        log_sum, total = exp_log_sum(buf, shift.first, buf)
+        lse = shift.lse(log_sum)
+
+        # 4. the loss: sum_j a_j (L - d_j) + z lse^2, a sum of terms >= 0 (d <= 0 <= L)
+        # 0 * inf where a coefficient is 0: dropped just below; z * lse**2 may overflow to +inf, the value
+        # it rounds to (and 0 for an ignored row)
+        with np.errstate(invalid="ignore", over="ignore"):
+            if labels is not None:
+                loss = np.where(target_coef > 0, target_coef * (log_sum - target_d), 0.0)
+                if smoothing:
+                    loss += smooth_coef * ((num_classes if weight is None else weight.sum()) * log_sum - smooth_d)
+            else:
+                loss = total_coef * log_sum - coef_d
+            if options.z_loss:
+                loss += options.z_loss * lse * lse * kept
+        if shift.masked is not None:
+            loss[shift.masked] = 0.0  # a fully masked row carries no information (rule 2)
+            kept[shift.masked] = False
+        # ignored rows give exactly 0 even when their logits are +inf or NaN (padding), where the products
+        # with kept above are inf * 0 = NaN
+        loss[~kept] = 0.0
+
+        # 5. the gradient: dz_j = s (A + 2 z lse) p_j - s a_j, with p = e / sum e and A = sum_j a_j
+        if grad_out is not None:
+            s = grad_scale * kept
+            finite_lse = np.where(np.isinf(lse), shift.value + log_sum, lse)  # +inf rows: the limit's
+            with np.errstate(all="ignore"):  # masked rows divide by 0 here; they are zeroed just below
+                row_factor = s * (total_coef + 2.0 * options.z_loss * finite_lse) / total
+            row_factor[~kept] = 0.0
+            buf *= row_factor[:, None]
+            if labels is not None:
+                buf[rows, safe] -= s * target_coef
+                if smoothing:
+                    buf -= (s * smooth_coef)[:, None] * (1.0 if weight is None else weight)
+            else:
+                scratch.coef *= s[:, None]
+                buf -= scratch.coef
+            if options.softcap is not None:  # chain rule through softcap * tanh(x / softcap) / T
+                np.square(scratch.tanh, out=scratch.tanh)
+                np.subtract(1.0, scratch.tanh, out=scratch.tanh)
+                buf *= scratch.tanh
+            if options.temperature != 1.0:
+                buf /= options.temperature
+            buf[~kept] = 0.0  # ignored rows with NaN logits: NaN * 0 left NaN above
+            if buf is not grad_out:
+                np.copyto(grad_out, buf, casting="unsafe")
+        return loss
+
+
+@dataclass
+class _Scratch:
+    """A thread's scratch buffers: the working rows (None: work in grad_out), tanh for softcap's chain
+    rule, probability targets' coefficients."""
+
+    main: np.ndarray | None
+    tanh: np.ndarray | None
+    coef: np.ndarray | None
+
+    def __init__(self, shape: tuple, dtype: np.dtype, *, tanh: bool, coef: bool, main: bool):
+        # without `main` the blocks are worked in grad_out itself, which has the working precision
+        self.main = np.empty(shape, dtype=dtype) if main else None
+        self.tanh = np.empty(shape, dtype=dtype) if tanh else None
+        self.coef = np.empty(shape, dtype=dtype) if coef else None
+
+    def first(self, size: int) -> "_Scratch":
+        """The same buffers cut to a block's first `size` rows."""
+        view = copy(self)
+        view.main, view.tanh, view.coef = (None if b is None else b[:size] for b in (self.main, self.tanh, self.coef))
+        return view
+
+
+def _weighted_row_sums(shifted: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
+    """sum_j weight_j d_j per row (weight a vector, a matrix or None for ones), with 0 * -inf = 0."""
+    if weight is None:
+        return shifted.sum(axis=1)
+    with np.errstate(invalid="ignore"):  # 0 * -inf here and in the fallback: replaced by 0 below
+        sums = shifted @ weight if weight.ndim == 1 else np.einsum("ij,ij->i", shifted, weight)
+        broken = np.flatnonzero(np.isnan(sums))
+        if broken.size:  # a -inf logit on a class of weight 0: that term is 0 (rule 4), NaN logits stay NaN
+            part = shifted[broken]
+            w = weight if weight.ndim == 1 else weight[broken]
+            sums[broken] = np.where(w > 0, part * w, np.where(np.isnan(part), np.nan, 0.0)).sum(axis=1)
+    return sums
+
+
+def _checked_weight(weight: Any, num_classes: int) -> np.ndarray | None:
+    if weight is None:
+        return None
+    weight = as_float_array(weight, "weight")
+    v.check_weight_shape(weight.shape, num_classes)
+    bad = ~(weight >= 0) | np.isinf(weight)
+    if bad.any():
+        index = int(np.argmax(bad))
+        raise v.bad_weight_error(float(weight[index]), index)
+    return weight.astype(np.float64)

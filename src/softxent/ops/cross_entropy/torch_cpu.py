@@ -1,0 +1,315 @@
+"""The cross-entropy row kernel of the PyTorch layer: the CPU path, and the generic one on any device.
+
+`cross_entropy_rows` is the device-specific seam of `softxent.torch.cross_entropy` (the Triton kernels
+implement the same contract on CUDA; `_backend.backend_for` picks one). For rows of logits x and their
+targets it returns each row's loss and log-sum-exp and, when asked, writes the gradient of
+``grad_scale * sum(losses)`` in the same sweep, so nothing of size (rows, C) is kept for the backward.
+
+The math is the NumPy layer's (`softxent.ops.cross_entropy.numpy`, the spec), per row, with z the logits
+after softcap and temperature, m = max z, d = z - m <= 0, e = exp(d), s = sum e, L = log s:
+
+    loss = sum_j a_j (L - d_j) + zl * lse**2,     lse = m + L
+    dloss/dz_j = (A + 2 zl lse) e_j / s - a_j,    A = sum_j a_j
+
+where the target's coefficients are a = (1 - eps) w_t onehot(t) + eps/C w (class indices) or
+a = ((1 - eps) p + eps/C) w (probabilities). For a class-index target the sum leaves the target's own
+term out, rest = sum_{j != t} e_j, so that when the target holds the max (d_t = 0, e_t = 1) the loss is
+log1p(rest), exact however small, and its gradient -a_t rest / s never cancels (Blanchard, Higham &
+Higham 2021, for the log1p form of log-sum-exp).
+
+Rows go through in chunks of about `CHUNK_BYTES` of the working precision, a few passes each (max,
+shift, exp, sum, scale) over data that stays in cache; large problems run one span of rows per core
+(`_threads.for_row_spans`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from softxent._options import LossOptions
+from softxent._torch.threads import for_row_spans
+
+# One chunk of rows in the working precision. Small enough that its passes hit the cache (L2/L3), large
+# enough that the ~20 op dispatches per chunk (a few microseconds each) stay well under its arithmetic.
+CHUNK_BYTES = 4 << 20
+
+
+_LOG2E = 1.0 / math.log(2.0)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; float32, float16 and bfloat16 are accumulated in float32 (API rule 8)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def chunk_rows(num_classes: int, dtype: torch.dtype) -> int:
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return max(1, CHUNK_BYTES // max(1, num_classes * itemsize))
+
+
+@torch.no_grad()
+def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                       options: LossOptions, *, grad_scale: float | torch.Tensor = 1.0,
+                       grad_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row cross-entropy losses and log-sum-exps of (N, C) logits; the gradient into grad_out.
+
+    Args:
+        logits: (N, C) floating tensor, any strides (a K-dimensional input's rows are strided views).
+        target: (N,) int64 class indices in [0, C) or equal to options.ignore_index (already checked),
+            or (N, C) floating probabilities.
+        weight: (C,) class weights or None (options.weight is not read: the caller passes it here).
+        options: ignore_index, label_smoothing, z_loss, softcap, temperature (reduction is the caller's).
+        grad_scale: factor of the gradient, a float or a 0-d tensor on the logits' device (1 / the
+            "mean" denominator, computed on the device without a host sync).
+        grad_out: None (no gradient work at all), or an (N, C) tensor of the logits' dtype that receives
+            d(grad_scale * sum(losses))/d(logits); it may be `logits` itself (each chunk is read before
+            its gradient is written).
+
+    Returns:
+        losses (N,): 0 for ignored and fully masked rows, with weights, smoothing and z_loss; and
+        lse (N,): the log-sum-exp of the softcapped / tempered logits (-inf for a fully masked row,
+        +inf for a row holding +inf). Both in float32, or float64 for float64 logits.
+    """
+    num_rows, num_classes = logits.shape
+    acc = accumulation_dtype(logits.dtype)
+    device = logits.device
+    losses = torch.zeros(num_rows, dtype=acc, device=device)
+    lse = torch.full((num_rows,), -float("inf"), dtype=acc, device=device)
+    if num_rows == 0 or num_classes == 0:
+        if grad_out is not None:
+            grad_out.zero_()
+        return losses, lse
+    kernel = _Kernel(logits, target, weight, options, grad_scale, grad_out)
+    for_row_spans(num_rows, num_classes, kernel.run, device=device)
+    return kernel.finish(losses, lse)
+
+
+class _Kernel:
+    """One call's state: per-row coefficients, per-row results of the sweep, and the chunk loop."""
+
+    def __init__(self, logits, target, weight, options: LossOptions, grad_scale, grad_out):
+        self.x, self.options, self.grad_out = logits, options, grad_out
+        num_rows, num_classes = logits.shape
+        self.num_classes = num_classes
+        acc = self.acc = accumulation_dtype(logits.dtype)
+        device = logits.device
+        self.step = chunk_rows(num_classes, acc)
+        self.eps = options.label_smoothing
+        self.w = None if weight is None else weight.to(device=device, dtype=acc)
+        self.w_sum = float(num_classes) if self.w is None else self.w.sum()
+        per_row = lambda: torch.empty(num_rows, 1, dtype=acc, device=device)  # noqa: E731
+
+        if target.dtype.is_floating_point:  # probability targets: every row counts, no ignore_index
+            self.labels = None
+            self.probs = target
+            self.kept = torch.ones(num_rows, 1, dtype=torch.bool, device=device)
+            self.total = per_row()  # A = sum_j a_j
+            self.coef_d = per_row()  # sum_j a_j d_j
+        else:
+            labels = target.reshape(num_rows, 1)
+            self.kept = labels != options.ignore_index
+            self.labels = torch.where(self.kept, labels, 0)  # safe to gather with
+            self.probs = None
+            kept = self.kept.to(acc)  # (a bool tensor times a Python float would be float32)
+            w_t = kept if self.w is None else self.w[self.labels] * kept
+            self.target_coef = (1.0 - self.eps) * w_t  # a_t
+            self.smooth_coef = self.eps / num_classes * kept  # a_j - [j = t] a_t, over w_j
+            self.total = self.target_coef + self.smooth_coef * self.w_sum
+            self.target_d = per_row()
+            self.target_e = per_row()
+            if self.eps:
+                self.smooth_d = per_row()  # sum_j w_j d_j
+        self.shift = per_row()  # m, or 0 for rows that are fully masked or hold +inf
+        self.rest = per_row()  # sum_{j != t} e_j (probability targets: the whole sum)
+        self.infinite = torch.zeros(num_rows, 1, dtype=torch.bool, device=device)  # rows holding +inf
+        self.row_scale = None
+        if grad_out is not None:
+            # s_r: the gradient's factor per row; temperature's 1/T folded in (z = x / T is linear)
+            self.row_scale = grad_scale * self.kept.to(acc) / options.temperature
+
+    # --- the sweep ------------------------------------------------------------------------------------
+
+    def run(self, start: int, stop: int) -> None:
+        """Chunks of rows [start, stop): the loss's per-row sums and, if asked, the gradient."""
+        options, acc = self.options, self.acc
+        chunk = min(self.step, stop - start)
+        in_place = (self.grad_out is not None and self.grad_out.dtype == acc
+                    and not options.transforms_logits)
+        scratch = None if in_place else torch.empty(chunk, self.num_classes, dtype=acc, device=self.x.device)
+        tanh = (torch.empty(chunk, self.num_classes, dtype=acc, device=self.x.device)
+                if self.grad_out is not None and options.softcap is not None else None)
+        coef = (torch.empty(chunk, self.num_classes, dtype=acc, device=self.x.device)
+                if self.probs is not None else None)
+        for lo in range(start, stop, self.step):
+            hi = min(lo + self.step, stop)
+            n = hi - lo
+            buf = self.grad_out[lo:hi] if in_place else scratch[:n]
+            self._chunk(lo, hi, buf, None if tanh is None else tanh[:n], None if coef is None else coef[:n])
+
+    def _chunk(self, lo: int, hi: int, buf, tanh, coef) -> None:
+        options = self.options
+        rows = slice(lo, hi)
+        x = self.x[rows]
+
+        # 1. z = softcap * tanh(x / softcap) / T in the working precision, then d = z - max z (<= 0,
+        #    so exp never overflows). Temperature alone divides d instead: max(x / T) = max(x) / T.
+        if options.softcap is not None or x.dtype != buf.dtype:
+            # 16-bit logits are widened once, into the chunk's buffer: an op mixing dtypes would widen
+            # them into a temporary at every pass
+            buf.copy_(x)
+        if options.softcap is not None:
+            buf.div_(options.softcap).tanh_()
+            if tanh is not None:
+                tanh.copy_(buf)  # for the chain rule: dz/dx = (1 - tanh^2) / T
+            buf.mul_(options.softcap / options.temperature)
+            # a -inf logit is a mask, not a score: the cap would lift it to -softcap and give the
+            # masked class mass, so it stays -inf (masks apply after the cap, as in Gemma 2 and the
+            # NumPy layer); x is intact here, buf is scratch whenever a softcap is set
+            buf.masked_fill_(torch.isneginf(x), -math.inf)
+        source = buf if options.softcap is not None or x.dtype != buf.dtype else x
+        shift = self.shift[rows]
+        shift.copy_(source.amax(dim=1, keepdim=True))  # exact in any precision
+        if math.isfinite(float(shift.sum())):  # one number tells: no -inf, +inf or NaN row here
+            torch.sub(source, shift, out=buf)
+        else:  # rare: fully masked, +inf or NaN rows; reading the number is free on the CPU
+            self._special_rows(source, buf, shift, ~torch.isfinite(shift), self.infinite[rows])
+        if options.temperature != 1.0 and options.softcap is None:
+            buf.div_(options.temperature)
+            shift.div_(options.temperature)  # the max of z = x / T
+
+        # 2. the sums of the loss that need d: d_t, and sum_j a_j d_j for smoothing or probabilities
+        if self.labels is not None:
+            labels = self.labels[rows]
+            torch.gather(buf, 1, labels, out=self.target_d[rows])
+            if self.eps:
+                self.smooth_d[rows] = _weighted_row_sums(buf, self.w)
+        else:
+            coef.copy_(self.probs[rows])  # in the working precision before any arithmetic
+            if self.eps:
+                coef.mul_(1.0 - self.eps).add_(self.eps / self.num_classes)
+            if self.w is not None:
+                coef.mul_(self.w)
+            torch.sum(coef, dim=1, keepdim=True, out=self.total[rows])
+            self.coef_d[rows] = _weighted_row_sums(buf, coef)
+
+        # 3. e = exp(d); the sum without the target's term (the whole sum for probabilities).
+        #    float32: exp2(d log2 e) is a quarter faster than exp(d) in torch's vector math, and d
+        #    itself (for d_t and the sums above) was taken exactly before the scaling.
+        if buf.dtype == torch.float32:
+            buf.mul_(_LOG2E).exp2_()
+        else:
+            buf.exp_()
+        rest = self.rest[rows]
+        if self.labels is not None:
+            torch.gather(buf, 1, labels, out=self.target_e[rows])
+            buf.scatter_(1, labels, 0.0)
+        torch.sum(buf, dim=1, keepdim=True, out=rest)
+
+        # 4. the gradient: dz_j = s_r ((A + 2 zl lse) e_j / s - a_j), written over e in place
+        if self.grad_out is None:
+            return
+        total_sum = rest + self.target_e[rows] if self.labels is not None else rest
+        # q = s_r / s; 0 for a fully masked row (s = 0: zero gradient, rule 2), NaN stays NaN
+        masked = total_sum == 0
+        q = torch.where(masked, 0.0, self.row_scale[rows] / total_sum)
+        factor = self.total[rows]
+        if options.z_loss:  # lse = -inf on a masked row: keep its factor finite (q = 0 there)
+            log_sum = self._log_sum(rest, self.target_e[rows] if self.labels is not None else None,
+                                    self.target_d[rows] if self.labels is not None else None)
+            factor = torch.where(masked, 0.0, factor + 2.0 * options.z_loss * (shift + log_sum))
+        buf.mul_(q * factor)
+        row_scale = q * total_sum  # s_r, or 0 for a fully masked row
+        if self.labels is not None:
+            a_t = self.target_coef[rows]
+            # the target's entry: s_r ((A - a_t + 2 zl lse) e_t - a_t rest) / s, never 1 - p_t
+            value = torch.mul(a_t, rest)
+            if options.z_loss or self.eps:
+                value = torch.addcmul(-value, factor - a_t, self.target_e[rows])
+            else:
+                value.neg_()
+            value.mul_(q)
+            if self.eps:
+                smooth = row_scale * self.smooth_coef[rows]  # s_r eps / C per row, times w_j
+                if self.w is None:
+                    buf.sub_(smooth)
+                    value.sub_(smooth)
+                else:
+                    buf.addcmul_(smooth, self.w, value=-1.0)
+                    value.sub_(smooth * self.w[labels])
+            buf.scatter_(1, labels, value)
+        else:
+            buf.addcmul_(coef, row_scale, value=-1.0)
+        if tanh is not None:  # chain rule through softcap * tanh(x / softcap)
+            tanh.square_().neg_().add_(1.0)
+            buf.mul_(tanh)
+        out = self.grad_out[rows]
+        if buf.data_ptr() != out.data_ptr() or buf.dtype != out.dtype:
+            out.copy_(buf)
+
+    def _special_rows(self, source, buf, shift, special, infinite) -> None:
+        """Shift rows whose max is not finite: -inf rows stay -inf, +inf rows become their limit.
+
+        A fully masked row keeps shift 0 so that e = 0 and L = -inf, never -inf - -inf = NaN; a row
+        holding +inf gets d = 0 at its +inf entries and -inf elsewhere, so they share the mass equally
+        (API rules 2 and 3). A NaN row keeps shift 0 and stays NaN.
+        """
+        positive = shift == float("inf")
+        infinite.copy_(positive)
+        shift.masked_fill_(special, 0.0)
+        torch.sub(source, shift, out=buf)
+        if positive.any():
+            rows = positive.view(-1)
+            infinite = source[rows] == float("inf")
+            buf[rows] = torch.where(infinite, 0.0, -float("inf")).to(buf.dtype)
+
+    # --- per-row results ---------------------------------------------------------------------------
+
+    def _log_sum(self, rest, target_e, target_d):
+        """L = log(sum e), as log1p(rest) where the target holds the max (e_t = 1): exact when tiny."""
+        if target_d is None:
+            return torch.log(rest)
+        return torch.where(target_d == 0, torch.log1p(rest), torch.log(rest + target_e))
+
+    def finish(self, losses, lse):
+        options = self.options
+        if self.labels is not None:
+            log_sum = self._log_sum(self.rest, self.target_e, self.target_d)
+            a_t = self.target_coef
+            # a sum of terms >= 0 (d <= 0 <= L): nothing cancels
+            loss = torch.where(a_t > 0, a_t * (log_sum - self.target_d), 0.0)
+            if self.eps:
+                smooth = self.smooth_coef * (self.w_sum * log_sum - self.smooth_d)
+                loss = loss + torch.where(self.kept, smooth, 0.0)
+        else:
+            log_sum = self._log_sum(self.rest, None, None)
+            loss = self.total * log_sum - self.coef_d
+        row_lse = torch.where(self.infinite, float("inf"), self.shift + log_sum)
+        if options.z_loss:
+            loss = loss + torch.where(self.kept, options.z_loss * row_lse * row_lse, 0.0)
+        masked = row_lse == -float("inf")
+        loss = torch.where(masked, 0.0, loss)  # a fully masked row carries no information (rule 2)
+        losses.copy_(loss.view(-1))
+        lse.copy_(row_lse.view(-1))
+        return losses, lse
+
+
+def _weighted_row_sums(shifted: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """sum_j weight_j d_j per row (weight a vector, a matrix of rows or None), with 0 * -inf = 0.
+
+    A -inf logit on a class of weight 0 contributes 0 (API rule 4); NaN logits stay NaN.
+    """
+    if weight is None:
+        return shifted.sum(dim=1, keepdim=True)
+    if weight.dim() == 1:
+        sums = (shifted @ weight).unsqueeze(1)
+    else:  # a batched dot product through BLAS, without an (n, C) temporary
+        sums = torch.bmm(shifted.unsqueeze(1), weight.unsqueeze(2)).view(-1, 1)
+    broken = torch.isnan(sums).view(-1)
+    if broken.any():
+        part = shifted[broken]
+        w = weight if weight.dim() == 1 else weight[broken]
+        fixed = torch.where(w > 0, part * w, torch.where(torch.isnan(part), float("nan"), 0.0))
+        sums[broken] = fixed.sum(dim=1, keepdim=True)
+    return sums
