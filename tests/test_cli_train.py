@@ -23,10 +23,10 @@ FIGURES = ("loss_curves.png", "confusion_matrix.png", "scores_hardmax_softmax.pn
 REPRODUCIBLE = ("accuracy", "cross_entropy", "ece", "train", "settings", "data", "sklearn", "history")
 
 
-def blobs_csv(path, rows_per_class=30, seed=0, labels=("setosa", "versicolor", "virginica")):
-    """Three well-separated Gaussian blobs in 3 features, with a header and text labels."""
+def blobs_csv(path, rows_per_class=30, seed=0, labels=("setosa", "versicolor", "virginica"), header=True):
+    """Three well-separated Gaussian blobs in 3 features, with a header (or not) and text labels."""
     rng = np.random.default_rng(seed)
-    lines = ["f1,f2,f3,species"]
+    lines = ["f1,f2,f3,species"] if header else []
     for k, label in enumerate(labels):
         centre = np.array([3.0 * k, -2.0 * k, 1.0])
         for point in centre + rng.standard_normal((rows_per_class, 3)):
@@ -77,7 +77,8 @@ def test_train_backend_torch_reports_what_numpy_reports(tmp_path, model):
     """`--backend torch` end to end (softxent.torch.linear_cross_entropy under autograd + torch's Adam):
     the numbers of report.json are the NumPy backend's to float64 rounding."""
     pytest.importorskip("torch")
-    runs = {backend: json.loads(train(tmp_path, "--backend", backend, "--model", model, "--hidden", "8",
+    hidden = ["--hidden", "8"] if model == "mlp" else []
+    runs = {backend: json.loads(train(tmp_path, "--backend", backend, "--model", model, *hidden,
                                       "--no-figures", name=backend)[1].joinpath("report.json").read_text())
             for backend in ("numpy", "torch")}
     ours, theirs = runs["numpy"], runs["torch"]
@@ -130,6 +131,8 @@ def test_unreadable_data_is_one_line_and_status_2(tmp_path, capsys, make, messag
     (["--l2", "nan"], "--l2 must be a number >= 0"),
     (["--test-fraction", "1.5"], "--test-fraction must be in (0, 1)"),
     (["--out", __file__], "is a file, not a folder"),
+    (["--seed", "-1"], "--seed must be a non-negative integer; got -1"),   # once numpy's "expected non-negative integer"
+    (["--hidden", "8"], "--hidden sets the hidden layer of --model mlp"),  # once silently ignored
 ])
 def test_bad_options_are_one_line_and_status_2(tmp_path, capsys, argv, message):
     code, _ = train(tmp_path, *argv)
@@ -175,3 +178,98 @@ def test_digits_default_reaches_the_issue_targets(tmp_path):
     ours, theirs = report["cross_entropy"]["softxent"], report["cross_entropy"]["sklearn"]
     assert abs(ours / theirs - 1) < 0.05
     assert report["sklearn"]["converged"]
+
+
+def test_unwritable_out_is_found_before_training(tmp_path, capsys):
+    """Regression: --out under a file failed at the end, with a traceback, after the whole run."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    code, _ = train(tmp_path, "--out", str(blocker / "run"))
+    captured = capsys.readouterr()
+    assert code == 2 and "--out" in captured.err and "a file, not a folder" in captured.err, captured.err
+    assert "trained in" not in captured.out and "softxent train:" not in captured.out  # nothing ran
+
+
+def test_checking_out_leaves_nothing_behind(tmp_path):
+    from softxent.cli.train import check_out
+
+    check_out(tmp_path / "new" / "deeper")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    check_out(tmp_path / "kept")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []
+
+
+def test_mlp_and_torch_runs_do_not_overwrite_the_softmax_runs_folder(tmp_path, monkeypatch):
+    from softxent.cli.train import default_out
+
+    assert [default_out(m, b).as_posix() for m in ("softmax", "mlp") for b in ("numpy", "torch")] == [
+        "softxent-out/train", "softxent-out/train-torch", "softxent-out/train-mlp", "softxent-out/train-mlp-torch"]
+    csv = blobs_csv(tmp_path / "blobs.csv")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", str(csv), "--epochs", "20", "--no-figures"]) == 0
+    assert main(["train", "--data", str(csv), "--epochs", "20", "--no-figures", "--model", "mlp", "--hidden", "4"]) == 0
+    models = {folder.name: json.loads((folder / "report.json").read_text())["settings"]["model"]
+              for folder in (tmp_path / "softxent-out").iterdir()}
+    assert models == {"train": "softmax", "train-mlp": "mlp"}
+
+
+@pytest.mark.parametrize("text, header, why", [
+    ("5.1,3.5,1.4,0.2,setosa\n4.9,3.0,1.4,0.2,setosa\n7.0,3.2,4.7,1.4,versicolor\n", False, "class of later rows"),
+    ("a,b,species\n1,2,setosa\n3,4,virginica\n", True, "not a number"),
+    ("1,2,species\n1,2,setosa\n3,4,virginica\n", True, "no class of later rows"),   # numeric names, text label
+    ("1,2,0\n3,4,1\n", False, "every cell is a number"),
+])
+def test_header_or_data_is_decided_from_the_label_column(tmp_path, text, header, why):
+    from softxent.cli.data import read_csv
+
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    *_, note = read_csv(path, None, explain_header=True)
+    assert ("is a header" in note) == header and why in note, note
+    rows = [line for line in text.splitlines() if line]
+    assert read_csv(path, None)[1].size == len(rows) - header
+
+
+def test_csv_without_a_header_keeps_its_first_row_and_says_so(tmp_path, capsys):
+    """Regression: iris without a header came out with 149 rows, its first taken for a header."""
+    path = blobs_csv(tmp_path / "plain.csv", header=False)
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(path), "--epochs", "20", "--no-figures", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["train_rows"] + report["data"]["test_rows"] == 90
+    assert "plain.csv: the first row is data, not a header (its label 'setosa' is a class of later rows)" in \
+        capsys.readouterr().out
+
+
+def iris_csv(path):
+    """The README's flowers.csv: scikit-learn's copy of Fisher's iris, with a header."""
+    from sklearn.datasets import load_iris
+
+    iris = load_iris()
+    lines = ["sepal_length,sepal_width,petal_length,petal_width,species"]
+    lines += [",".join(f"{v:g}" for v in row) + f",{iris.target_names[k]}" for row, k in zip(iris.data, iris.target)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_readme_csv_example_reaches_sklearns_loss_by_default(tmp_path, capsys):
+    """Regression: 114 rows fit one batch, so 100 epochs were 100 Adam steps and the test loss was twice
+    LogisticRegression's. The default is now at least 1000 steps; within 5% as on the digits."""
+    out = tmp_path / "flowers"
+    assert main(["train", "--data", str(iris_csv(tmp_path / "flowers.csv")), "--label-column", "species",
+                 "--no-figures", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["train_rows"] == 114 and report["settings"]["epochs"] == 1000
+    ours, theirs = report["cross_entropy"]["softxent"], report["cross_entropy"]["sklearn"]
+    assert abs(ours / theirs - 1) < 0.05, (ours, theirs)
+    assert report["warnings"] == [] and "warning" not in capsys.readouterr().out
+
+
+def test_a_run_far_from_sklearns_loss_warns(tmp_path, capsys):
+    out = tmp_path / "short"
+    assert main(["train", "--data", str(iris_csv(tmp_path / "flowers.csv")), "--epochs", "5", "--no-figures",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "warning:" in printed and "from scikit-learn's (more than 5%)" in printed and "--epochs" in printed
+    assert len(json.loads((out / "report.json").read_text())["warnings"]) == 1

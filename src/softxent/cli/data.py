@@ -28,6 +28,7 @@ class Dataset:
     label_column: str
     image_shape: tuple[int, int] | None = None  # digits: each row is an 8 x 8 picture
     raw_test: np.ndarray | None = field(default=None, repr=False)  # unstandardised test rows, for pictures
+    header_note: str = ""  # a CSV: whether its first row was read as a header, and why
 
     @property
     def num_classes(self) -> int:
@@ -47,14 +48,16 @@ def load(data: str, label_column: str | None, test_fraction: float, seed: int) -
             raise ValueError("--label-column applies to a CSV file given with --data PATH.csv, not to digits")
         features, labels, class_names, feature_names, label_name, image_shape = _digits()
     else:
-        features, labels, class_names, feature_names, label_name = read_csv(Path(data), label_column)
+        features, labels, class_names, feature_names, label_name, header_note = read_csv(
+            Path(data), label_column, explain_header=True)
         image_shape = None
     train, test = stratified_split(labels, test_fraction, seed)
     x_train, x_test = standardise(features[train], features[test])
     name = data if data == "digits" else Path(data).name  # titles and the terminal; settings keep the path
     return Dataset(name=name, x_train=x_train, y_train=labels[train], x_test=x_test, y_test=labels[test],
                    class_names=class_names, feature_names=feature_names, label_column=label_name,
-                   image_shape=image_shape, raw_test=features[test])
+                   image_shape=image_shape, raw_test=features[test],
+                   header_note=header_note if data != "digits" else "")
 
 
 def _digits():
@@ -72,11 +75,12 @@ def _digits():
 # --- CSV ----------------------------------------------------------------------------------------------
 
 
-def read_csv(path: Path, label_column: str | None):
+def read_csv(path: Path, label_column: str | None, explain_header: bool = False):
     """Numeric feature columns and one label column (any text; default the last column).
 
-    A first row that is not all numbers is a header. Labels become class indices in sorted order
-    (numerically when every label is a number).
+    Whether the first row is a header is decided by `first_row_is_header`. Labels become class indices
+    in sorted order (numerically when every label is a number). Returns (features, labels, class names,
+    feature names, label name), and the sentence saying how the first row was read when `explain_header`.
     """
     if not path.exists():
         raise FileNotFoundError(f"--data: no such file: {path}")
@@ -94,9 +98,11 @@ def read_csv(path: Path, label_column: str | None):
         raise ValueError(f"--data: {path} is empty")
 
     header = None
-    if not all(_is_number(cell) for cell in rows[0][1]):
+    is_header, why = first_row_is_header([row for _, row in rows], label_column)
+    if is_header:
         header = [cell.strip() for cell in rows[0][1]]
         rows = rows[1:]
+    note = f"{path.name}: the first row is {'a header' if is_header else 'data, not a header'} ({why})"
     width = len(header) if header is not None else len(rows[0][1]) if rows else 0
     if not rows:
         raise ValueError(f"--data: {path} has a header but no data rows")
@@ -127,7 +133,43 @@ def read_csv(path: Path, label_column: str | None):
     if len(class_names) < 2:
         raise ValueError(f"--data: {path}: the label column {names[label_index]!r} holds a single class "
                          f"({class_names[0]!r}); a classifier needs at least two")
-    return features, labels, class_names, [names[j] for j in feature_indices], names[label_index]
+    found = features, labels, class_names, [names[j] for j in feature_indices], names[label_index]
+    return (*found, note) if explain_header else found
+
+
+def first_row_is_header(rows: list[list[str]], label_column: str | None) -> tuple[bool, str]:
+    """Whether the first of the CSV's rows names the columns, and why, in a few words.
+
+    - a cell of --label-column's name: a header;
+    - a feature cell that is not a number: a header (features are numbers);
+    - all numbers: data;
+    - numeric features and a text label: data if that label is a class that appears again lower down
+      (iris without a header starts "5.1,3.5,1.4,0.2,setosa"), else a header ("x,y,species" style
+      names over numeric columns, a header of numbers with one text name for the label).
+    """
+    first = [cell.strip() for cell in rows[0]]
+    if label_column is not None and label_column in first and not _is_integer(label_column):
+        return True, f"it holds the --label-column name {label_column!r}"
+    label = len(first) - 1
+    if label_column is not None and _is_integer(label_column) and -len(first) <= int(label_column) < len(first):
+        label = int(label_column) % len(first)
+    text = [j for j, cell in enumerate(first) if j != label and not _is_number(cell)]
+    if text:
+        return True, f"{first[text[0]]!r} in a feature column is not a number"
+    if _is_number(first[label]):
+        return False, "every cell is a number"
+    later = {row[label].strip() for row in rows[1:] if len(row) > label}
+    if first[label] in later:
+        return False, f"its label {first[label]!r} is a class of later rows"
+    return True, f"its label-column cell {first[label]!r} is no class of later rows"
+
+
+def _is_integer(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _first_bad_cell(path: Path, rows, feature_indices: list[int], names: list[str]) -> None:

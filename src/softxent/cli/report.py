@@ -28,7 +28,10 @@ def print_header(console, settings: dict, data) -> None:
     console.print(f"[bold]softxent train[/]: {model} on {data.name} "
                   f"({data.x_train.shape[0]} training / {data.x_test.shape[0]} test rows, "
                   f"{data.num_features} features, {data.num_classes} classes), {settings['backend']} backend")
-    console.print(f"[dim]Adam, lr {settings['lr']:g} cosine to 0, {settings['epochs']} epochs of batches of "
+    if data.header_note:
+        console.print(f"[dim]{data.header_note}[/]")
+    rule = f" ({settings['epochs_rule']})" if "epochs_rule" in settings else ""
+    console.print(f"[dim]Adam, lr {settings['lr']:g} cosine to 0, {settings['epochs']} epochs{rule} of batches of "
                   f"{settings['batch_size']}, l2 {settings['l2']:g}, seed {settings['seed']}[/]")
 
 
@@ -134,6 +137,8 @@ def print_report(console, report: dict, json_path: Path, figures: list[Path]) ->
     console.print(f"trained in {timing['softxent_train']:.2f} s; LogisticRegression fit in "
                   f"{timing['sklearn_fit']:.2f} s ({report['sklearn']['iterations']} lbfgs iterations"
                   f"{'' if report['sklearn']['converged'] else ', NOT converged'}); {timing['total']:.1f} s in all")
+    for warning in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"report   {json_path}")
     if figures:
         console.print("figures  " + "\n         ".join(str(path) for path in figures))

@@ -19,6 +19,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,12 @@ import numpy as np
 from . import UsageError
 from .models import MODELS, NumpyBackend, cosine_lr, init_params
 
-DEFAULTS = {"epochs": 100, "batch_size": 128, "lr": 0.05, "l2": 1e-3, "hidden": 64, "test_fraction": 0.25,
+# --epochs by default: at least MIN_EPOCHS passes and at least MIN_STEPS Adam steps. On the digits (11
+# batches an epoch) that is 100 epochs; on a small CSV whose rows fit in one batch, 100 epochs would be
+# only 100 steps, far from the optimum (iris: 114 rows, test loss twice scikit-learn's), so it is 1000.
+MIN_EPOCHS, MIN_STEPS = 100, 1000
+CLOSE = 0.05  # warn when the test cross-entropy is further than this from scikit-learn's (relative)
+DEFAULTS = {"epochs": None, "batch_size": 128, "lr": 0.05, "l2": 1e-3, "hidden": 64, "test_fraction": 0.25,
             "seed": 0, "threads": 1}
 
 
@@ -45,14 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
                         help="train with softxent's NumPy layer (default) or softxent.torch")
     parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], metavar="N",
-                        help=f"passes over the training rows (default {DEFAULTS['epochs']})")
+                        help=f"passes over the training rows (default: {MIN_EPOCHS}, or more if that is fewer "
+                             f"than {MIN_STEPS} Adam steps)")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], metavar="B",
                         help=f"rows per Adam step (default {DEFAULTS['batch_size']})")
     parser.add_argument("--lr", type=float, default=DEFAULTS["lr"],
                         help=f"Adam's initial step size, decayed to 0 along a half cosine (default {DEFAULTS['lr']})")
     parser.add_argument("--l2", type=float, default=DEFAULTS["l2"],
                         help=f"L2 penalty on the weights, not the biases (default {DEFAULTS['l2']:g})")
-    parser.add_argument("--hidden", type=int, default=DEFAULTS["hidden"], metavar="H",
+    parser.add_argument("--hidden", type=int, default=None, metavar="H",
                         help=f"hidden units of --model mlp (default {DEFAULTS['hidden']})")
     parser.add_argument("--test-fraction", type=float, default=DEFAULTS["test_fraction"], metavar="F",
                         help=f"share of each class held out for testing (default {DEFAULTS['test_fraction']})")
@@ -63,12 +70,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "threads only wait for each other)")
     parser.add_argument("--no-figures", action="store_true",
                         help="write report.json only (quicker, for sweeps over settings)")
-    parser.add_argument("--out", type=Path, default=Path("softxent-out/train"), metavar="DIR",
-                        help="folder for report.json and the figures (default softxent-out/train)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="folder for report.json and the figures (default softxent-out/train, "
+                             "softxent-out/train-mlp for --model mlp, with -torch added for --backend torch: "
+                             "one run never overwrites another's)")
+
+
+def default_out(model: str, backend: str) -> Path:
+    """softxent-out/train, train-mlp, train-torch, train-mlp-torch: each kind of run its own folder."""
+    return Path("softxent-out/" + "-".join(["train"] + (["mlp"] if model == "mlp" else [])
+                                             + (["torch"] if backend == "torch" else [])))
 
 
 def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.out is None:
+        args.out = default_out(args.model, args.backend)
     check_out(args.out)
     rich = _demo_dependencies()
     if args.backend == "torch":
@@ -84,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     from .data import load
 
     data = load(args.data, args.label_column, args.test_fraction, args.seed)
+    settings["epochs"] = args.epochs if args.epochs is not None else default_epochs(data.x_train.shape[0],
+                                                                                    settings["batch_size"])
     report.print_header(console, settings, data)
     with _threads(args.threads):
         backend = _backend(settings, data)
@@ -92,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
         baseline = logistic_regression(data.x_train, data.y_train, data.x_test, data.num_classes, args.l2)
     outcome = report.build(settings, data, result, baseline, time.perf_counter() - started)
+    outcome["warnings"] = convergence_warnings(outcome)
     args.out.mkdir(parents=True, exist_ok=True)
     figures = [] if args.no_figures else report.draw(args.out, data, result, baseline, outcome)
     outcome["figures"] = [path.name for path in figures]
@@ -103,8 +123,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace) -> dict:
     for name in ("epochs", "batch_size", "hidden", "threads"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer; got {args.seed}")
+    if args.hidden is not None and args.model != "mlp":
+        raise UsageError(f"--hidden sets the hidden layer of --model mlp; --model {args.model} has none")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr must be a positive number; got {args.lr}")
     if not (math.isfinite(args.l2) and args.l2 >= 0):
@@ -113,15 +137,58 @@ def _settings(args: argparse.Namespace) -> dict:
                 "epochs": args.epochs, "batch_size": args.batch_size, "optimiser": "adam", "lr": args.lr,
                 "lr_schedule": "cosine to 0", "l2": args.l2, "test_fraction": args.test_fraction,
                 "seed": args.seed, "threads": args.threads, "dtype": "float64"}
+    if args.epochs is None:
+        settings["epochs_rule"] = f"at least {MIN_EPOCHS} epochs and at least {MIN_STEPS} Adam steps"
     if args.model == "mlp":
-        settings["hidden"] = args.hidden
+        settings["hidden"] = DEFAULTS["hidden"] if args.hidden is None else args.hidden
     return settings
 
 
+def default_epochs(rows: int, batch_size: int) -> int:
+    """MIN_EPOCHS, or as many epochs as make MIN_STEPS Adam steps when that is more."""
+    steps_per_epoch = math.ceil(rows / min(batch_size, rows))
+    return max(MIN_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
+
+
+def convergence_warnings(outcome: dict) -> list[str]:
+    """A run whose test loss is not within CLOSE of LogisticRegression's on the same objective stopped short."""
+    ours, theirs = outcome["cross_entropy"]["softxent"], outcome["cross_entropy"]["sklearn"]
+    if not outcome["sklearn"]["converged"] or outcome["settings"]["model"] != "softmax" or theirs <= 0:
+        return []  # the MLP is another model: its loss may rightly differ from a linear one's
+    gap = ours / theirs - 1
+    if abs(gap) <= CLOSE:
+        return []
+    return [f"softxent's test cross-entropy is {gap:+.1%} from scikit-learn's (more than {CLOSE:.0%}): "
+            f"the training stopped short of the shared objective's optimum; try more --epochs "
+            f"(this run: {outcome['settings']['epochs']}) or another --lr"]
+
+
 def check_out(out: Path) -> None:
-    """Fail before the work, not after it, when --out cannot be a folder."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder")
+    """Fail before the work, not after it, when --out cannot be a folder we can write in.
+
+    Creates the missing folders to try a file in them, then removes what it created: a run that
+    stops on bad data leaves nothing behind.
+    """
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == out else f"is inside {existing}, a file"
+        raise UsageError(f"--out {out} {where}, not a folder")
+    created = [p for p in [out, *out.parents] if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".softxent-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"--out {out} is not writable: {err.strerror or err}") from None
+    finally:
+        for folder in created:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 def _demo_dependencies():
