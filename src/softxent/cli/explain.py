@@ -180,7 +180,6 @@ def score(value: float) -> str:
 # --- the table --------------------------------------------------------------------------------------
 
 BAR_WIDTH = 8
-BAR_HEADER = "bar of p_j"
 
 
 def _columns(result: Explanation) -> list[tuple[str, list[str]]]:
@@ -228,7 +227,8 @@ def table_lines(result: Explanation, width: int, bar_char: str = "#") -> tuple[l
     header = [name for name, _ in columns]
     rows = [list(cells) for cells in zip(*(cells for _, cells in columns))]
     with_bars = [row + [_bar(p, bar_char)] for row, p in zip(rows, result.softmax)]
-    widths, lines = _grid(header + [BAR_HEADER], with_bars, left=1)
+    bar_header = "bar of p_j" if result.target is None else "bar of q_j"
+    widths, lines = _grid(header + [bar_header], with_bars, left=1)
     if max(map(len, lines)) <= width:
         return lines, sum(widths[:-1]) + 2 * (len(widths) - 1)
     _, lines = _grid(header, rows)
