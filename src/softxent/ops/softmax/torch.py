@@ -1,11 +1,30 @@
-"""softmax, log_softmax, logsumexp and hardmax for torch, with softxent's limits (API.md rules 2, 3, 9).
+"""softmax and log_softmax for torch: F.softmax's signature, softxent's limits and exact values.
 
-On CUDA (float16, bfloat16, float32) softmax and log_softmax and their backward run softxent's Triton
-kernels, which take the limits themselves. Elsewhere torch's fused kernels do the work, and what is
-added is the limit of the rows torch turns into NaN: a fully masked row (all -inf) gives softmax 0,
-log_softmax -inf, logsumexp -inf and a zero gradient; a row holding +inf shares the mass equally among
-its +inf entries. softmax and log_softmax are custom ops (their row fix-up looks at values, which
-torch.compile should not trace into); the fix-up's check is free on the CPU.
+The order of API.md: mask (`where`), then the max shift, then the temperature: d = (x - max x) / T, so
+x / T never overflows (3e38 / 0.5 is inf; (3e38 - 3e38) / 0.5 is 0).
+
+On CUDA (float16, bfloat16, float32) the Triton kernels do the rows (they take T and apply it after the
+shift). Elsewhere a few torch ops do, branch-free (no host sync, nothing data-dependent, so
+torch.compile, vmap and the other torch.func transforms trace straight through):
+
+    m, first = max_j x_j and where it is          d = (x - m) / T   (masked rows: shift 0, so d = -inf)
+    e = exp(d)                                    rest = sum_{j != first} e_j
+    log_softmax = d - log1p(rest)                 softmax = e / (1 + rest)
+
+Leaving the max's own term (exactly 1) out of `rest` and taking log1p keeps log_softmax exact when one
+class dominates, as in the NumPy layer (Blanchard, Higham & Higham 2021). log_softmax works in float64
+for every input dtype: float32 scores shifted in float64 are exact (24-bit significands, so the difference
+needs at most 53 bits unless the gap is beyond 2^29 times the smaller, where the rounding is 2^-53
+relative), their exps are within 1 ulp of float64 and the float64 sum carries each term far below a
+float32 ulp, so the only float32-visible rounding is the last one: within 1 ulp (float32), and 16-bit
+results are rounded once. softmax (no last-bit promise: each p_j is within |d_j| + 4 ulp, exp amplifying
+the rounding of d_j as in every shifted softmax) works in the input's precision (16-bit in float32), its
+sum in float64.
+
+Limits (rules 2, 3): a fully masked row gives softmax 0, log_softmax -inf; a row holding +inf shares
+the mass among its +inf entries (d = 0 there, -inf elsewhere); both kinds of row are constant, so their
+gradient is 0. NaN makes its row NaN. The backward is torch's fused vector-Jacobian product on the saved
+output, times a per-row 1 / T (0 on the constant rows); it is differentiable, so double backward is exact.
 """
 
 from __future__ import annotations
@@ -16,55 +35,76 @@ from softxent import _validation as v
 from softxent._torch import backend as _backend
 
 _INF = float("inf")
+_NAN = float("nan")
 
 
-def softmax(input: torch.Tensor, dim: int = -1, *, temperature: float = 1.0,
-            where: torch.Tensor | None = None) -> torch.Tensor:
+def softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3, dtype: torch.dtype | None = None,
+            *, temperature: float = 1.0, where: torch.Tensor | None = None) -> torch.Tensor:
     """Probabilities from scores: ``softmax(x)_j = exp(x_j / T) / sum_k exp(x_k / T)`` along `dim`.
 
-    torch.softmax's fused kernel (shifted by the row max, so exp never overflows), with the limits of
+    A drop-in for ``torch.nn.functional.softmax`` (same positional order and defaults), computed as
+    ``exp(d_j) / sum_k exp(d_k)`` with ``d = (x - max x) / T``, so nothing overflows, with the limits of
     API.md: a fully masked row gives zeros and a zero gradient, +inf entries share the mass equally.
 
     Args:
         input: floating tensor of any shape.
-        dim: the class dimension.
-        temperature: T > 0 dividing the scores first.
+        dim: the class dimension; None picks it as torch does (0 for 0-, 1- and 3-d input, else 1), with
+            torch's deprecation warning.
+        _stacklevel: where that warning points (torch's argument).
+        dtype: cast the input to this dtype first (as torch); the result has it.
+        temperature: T > 0 dividing the shifted scores.
         where: boolean mask broadcastable to `input`; False entries get probability 0.
 
     Returns:
-        A tensor of the shape and dtype of `input` whose entries along `dim` sum to 1 (or are all 0).
+        A tensor of the shape of `input` (dtype: `dtype`, else the input's; float32 under CUDA autocast,
+        as torch) whose entries along `dim` sum to 1 (or are all 0).
 
     Example:
         >>> import torch, softxent.torch as sxt
-        >>> sxt.softmax(torch.tensor([1.0, 2.0, 3.0])).round(decimals=3)
+        >>> sxt.softmax(torch.tensor([1.0, 2.0, 3.0]), 0).round(decimals=3)
         tensor([0.0900, 0.2450, 0.6650])
-        >>> sxt.softmax(torch.tensor([-float("inf"), -float("inf")]))   # masked: zeros, not NaN
+        >>> sxt.softmax(torch.tensor([-float("inf"), -float("inf")]), 0)   # masked: zeros, not NaN
         tensor([0., 0.])
+        >>> sxt.softmax(torch.tensor([3e38, 2.9e38, 0.0]), 0, temperature=0.5)   # T after the shift
+        tensor([1., 0., 0.])
+
+    See also: softxent.softmax (NumPy), softxent.torch.triton.softmax_rows (the CUDA kernel).
 
     References:
         Milakov & Gimelshein 2018, "Online normalizer calculation for softmax".
     """
-    x, dim = _prepare(input, dim, temperature, where)
-    return torch.ops.softxent.softmax(x, dim)
+    x, dim, temperature = _prepare("softmax", input, dim, _stacklevel + 1, dtype, temperature, where)
+    if _backend.uses_triton(x):
+        return _TritonRows.apply(x, dim, temperature, False)
+    return _Softmax.apply(x, dim, temperature)
 
 
-def log_softmax(input: torch.Tensor, dim: int = -1, *, temperature: float = 1.0,
-                where: torch.Tensor | None = None) -> torch.Tensor:
-    """Log-probabilities: ``log_softmax(x)_j = x_j / T - logsumexp(x / T)`` along `dim`.
+def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3, dtype: torch.dtype | None = None,
+                *, temperature: float = 1.0, where: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-probabilities: ``log_softmax(x)_j = d_j - log sum_k exp(d_k)``, ``d = (x - max x) / T``.
 
-    A fully masked row gives -inf everywhere and a zero gradient; a row holding +inf gives ``-log k``
-    at its k +inf entries and -inf elsewhere.
+    A drop-in for ``torch.nn.functional.log_softmax`` (arguments as `softmax`), computed as
+    ``d_j - log1p(sum_{k != argmax} exp(d_k))`` so that it is exact to the last bit, a dominant class
+    included (torch gives 0 for float64 [40, 0, 0, 0]; the exact value is -log1p(3 e^-40) = -1.27e-17).
+    A fully masked row gives -inf everywhere and a zero gradient; a row holding +inf gives ``-log k`` at
+    its k +inf entries and -inf elsewhere.
 
     Example:
         >>> import torch, softxent.torch as sxt
-        >>> sxt.log_softmax(torch.tensor([1.0, 2.0, 3.0])).round(decimals=4)
+        >>> sxt.log_softmax(torch.tensor([1.0, 2.0, 3.0]), 0).round(decimals=4)
         tensor([-2.4076, -1.4076, -0.4076])
+        >>> float(sxt.log_softmax(torch.tensor([40.0, 0, 0, 0], dtype=torch.float64), 0)[0])
+        -1.2746996993589544e-17
+
+    See also: softxent.log_softmax (NumPy), softxent.torch.triton.log_softmax_rows (the CUDA kernel).
 
     References:
         Blanchard, Higham & Higham 2021, "Accurately computing the log-sum-exp and softmax functions".
     """
-    x, dim = _prepare(input, dim, temperature, where)
-    return torch.ops.softxent.log_softmax(x, dim)
+    x, dim, temperature = _prepare("log_softmax", input, dim, _stacklevel + 1, dtype, temperature, where)
+    if _backend.uses_triton(x):
+        return _TritonRows.apply(x, dim, temperature, True)
+    return _LogSoftmax.apply(x, dim, temperature)
 
 
 def probabilities(z: torch.Tensor, dim) -> torch.Tensor:
@@ -76,7 +116,7 @@ def probabilities(z: torch.Tensor, dim) -> torch.Tensor:
     return e / torch.where(total == 0, 1.0, total)
 
 
-# --- shared checks ---------------------------------------------------------------------------------------
+# --- arguments --------------------------------------------------------------------------------------------
 
 
 def _check_input(input) -> None:
@@ -98,133 +138,167 @@ def _masked(input: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
     return input.masked_fill(~where, -_INF)
 
 
-def _prepare(input, dim, temperature, where):
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """What CUDA autocast does to softmax, log_softmax and logsumexp: float32 (their "fp32" list).
+
+    CPU autocast leaves them in the input dtype (torch 2.4 to 2.13), and so do we.
+    """
+    if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled("cuda"):
+        return x.float()
+    return x
+
+
+def _prepare(name, input, dim, stacklevel, dtype, temperature, where):
     _check_input(input)
     temperature = v.check_temperature(temperature)
+    if dim is None:  # torch's implicit choice, with torch's warning, pointing at the caller
+        if torch.compiler.is_compiling():  # dynamo cannot trace warnings.warn: the choice alone
+            dim = 0 if input.dim() in (0, 1, 3) else 1
+        else:
+            dim = torch.nn.functional._get_softmax_dim(name, input.dim(), stacklevel + 1)
     if isinstance(dim, tuple):
         raise TypeError(f"dim must be an int for softmax and log_softmax (one class dimension); got {dim!r}")
     (dim,) = v.normalize_axes(dim, max(1, input.dim()), "dim")
-    x = _masked(input, where)
+    if dtype is not None:  # as torch: cast first, then compute in that dtype
+        input = input.to(dtype)
+        _check_input(input)
+    else:
+        input = autocast_input(input)
+    return _masked(input, where), dim, temperature
+
+
+# --- the rows on torch ops ----------------------------------------------------------------------------------
+
+
+def shifted(x: torch.Tensor, dim: int, temperature: float, work: torch.dtype):
+    """d = (x - m) / T in `work` precision, the shift, the row max m and the first max's position.
+
+    The shift is m, or 0 in a fully masked row (so d = -inf - 0 = -inf, never -inf - -inf). In a row
+    holding +inf, x - m is NaN at the +inf entries and -inf elsewhere; NaN becomes 0 (d = 0 at the +inf
+    entries: they share the mass). A NaN row then holds zeros too: its results are made NaN by the caller
+    from m, per row.
+    """
+    m, first = x.max(dim, keepdim=True)
+    shift = torch.where(m == -_INF, 0.0, m).to(work)
+    d = torch.sub(x, shift)  # in the shift's dtype, `work` (never below x's): x is converted on the fly
+    d = d.nan_to_num_(nan=0.0, posinf=_INF, neginf=-_INF)
     if temperature != 1.0:
-        x = x / temperature
-    return x, dim
+        d = d.div_(temperature)  # after the shift: (x - m) / T <= 0 never overflows
+    return d, shift, m, first
 
 
-# --- softmax and log_softmax: torch's kernels, then the rows torch gets wrong ---------------------------
+def _scale(m: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    """Per row: 1 / T, or 0 on the constant rows (fully masked, or holding +inf)."""
+    return torch.where(torch.isinf(m), 0.0, 1.0 / temperature).to(dtype)
 
 
-def _special_rows(x: torch.Tensor, dim: int):
-    """Rows (keepdim masks) that are fully masked and that hold +inf; None when there are none."""
-    m = x.amax(dim=dim, keepdim=True) if x.numel() else x.sum(dim=dim, keepdim=True)
-    masked, positive = m == -_INF, m == _INF
-    if not bool((masked | positive).any()):
-        return None
-    return masked, positive
+class _Softmax(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, dim, temperature):
+        if x.shape[dim] == 0 or x.dim() == 0:
+            return torch.ones_like(x) if x.dim() == 0 else torch.empty_like(x)
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        d, _, m, _ = shifted(x, dim, temperature, work)
+        e = d.exp_()
+        # summed in float64 with the max's 1 in it: a division by 1 + rest needs no log1p
+        total = e.sum(dim, keepdim=True, dtype=torch.float64)
+        total = torch.where(total == 0, 1.0, total)  # a fully masked row stays zeros
+        total = torch.where(torch.isnan(m), _NAN, total)  # NaN rows (their d was zeroed)
+        return e.div_(total).to(x.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, dim, temperature = inputs
+        ctx.dim, ctx.temperature = dim, temperature
+        ctx.save_for_backward(output, _row_max(x, dim))
+
+    @staticmethod
+    def backward(ctx, grad):
+        out, m = ctx.saved_tensors
+        if out.dim() == 0 or out.shape[ctx.dim] == 0:
+            return torch.zeros_like(grad), None, None
+        dx = torch._softmax_backward_data(grad, out, ctx.dim, out.dtype)  # p * (g - sum p g)
+        return dx * _scale(m, ctx.temperature, dx.dtype), None, None
 
 
-def _on_triton(name: str, dim: int, *tensors: torch.Tensor) -> torch.Tensor:
-    """softxent.torch.triton's row function `name` over `dim`: that dim last, the rest flattened to rows."""
-    from softxent.torch import triton as kernels
+class _LogSoftmax(torch.autograd.Function):
+    generate_vmap_rule = True
 
-    moved = [t.movedim(dim, -1) for t in tensors]
+    @staticmethod
+    def forward(x, dim, temperature):
+        if x.shape[dim] == 0 or x.dim() == 0:
+            return torch.zeros_like(x) if x.dim() == 0 else torch.empty_like(x)
+        d, _, m, first = shifted(x, dim, temperature, torch.float64)
+        e = torch.exp(d)
+        e.scatter_(dim, first, 0.0)  # the max's own term, exactly 1 (0 in a masked row), left out
+        log_sum = torch.log1p(e.sum(dim, keepdim=True))
+        log_sum = torch.where(torch.isnan(m), _NAN, log_sum)  # NaN rows (their d was zeroed)
+        return d.sub_(log_sum).to(x.dtype)  # d <= 0 and -log_sum <= 0: nothing cancels
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, dim, temperature = inputs
+        ctx.dim, ctx.temperature = dim, temperature
+        ctx.save_for_backward(output, _row_max(x, dim))
+
+    @staticmethod
+    def backward(ctx, grad):
+        out, m = ctx.saved_tensors
+        if out.dim() == 0 or out.shape[ctx.dim] == 0:
+            return torch.zeros_like(grad), None, None
+        dx = torch._log_softmax_backward_data(grad, out, ctx.dim, out.dtype)  # g - exp(out) sum g
+        return dx * _scale(m, ctx.temperature, dx.dtype), None, None
+
+
+def _row_max(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The row max for the backward's constant rows (a second max pass: forward's m is internal)."""
+    if x.dim() == 0 or x.shape[dim] == 0:
+        return x.detach().sum(dim=dim, keepdim=True) if x.dim() else x.detach()
+    return x.detach().amax(dim, keepdim=True)
+
+
+# --- the rows on the Triton kernels ---------------------------------------------------------------------------
+
+
+class _TritonRows(torch.autograd.Function):
+    """softmax (or log_softmax, `log`) over `dim` by the Triton row kernels: that dim last, rows flattened."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, dim, temperature, log):
+        from softxent.ops.softmax import triton as kernels  # imports triton: only for tensors that use it
+
+        rows = kernels.log_softmax_rows if log else kernels.softmax_rows
+        return _over_rows(lambda r: rows(r, temperature=temperature), dim, x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, dim, temperature, log = inputs
+        ctx.dim, ctx.temperature, ctx.log = dim, temperature, log
+        ctx.save_for_backward(output, _row_max(x, dim))
+
+    @staticmethod
+    def backward(ctx, grad):
+        out, m = ctx.saved_tensors
+        if out.dim() == 0 or out.shape[ctx.dim] == 0:
+            return torch.zeros_like(grad), None, None, None
+        if torch.is_grad_enabled():  # create_graph: torch's differentiable products, for double backward
+            vjp = torch._log_softmax_backward_data if ctx.log else torch._softmax_backward_data
+            dx = vjp(grad, out, ctx.dim, out.dtype)
+            return dx * _scale(m, ctx.temperature, dx.dtype), None, None, None
+        from softxent.ops.softmax import triton as kernels
+
+        rows = kernels.log_softmax_backward_rows if ctx.log else kernels.softmax_backward_rows
+        dx = _over_rows(lambda y, g: rows(y, g, temperature=ctx.temperature), ctx.dim, out, grad)
+        return torch.where(torch.isinf(m), 0.0, dx), None, None, None  # +inf rows are constant (rule 3)
+
+
+def _over_rows(function, dim: int, *tensors: torch.Tensor) -> torch.Tensor:
+    moved = [t.movedim(dim, -1) for t in tensors] if tensors[0].dim() else [t.reshape(1) for t in tensors]
     shape = moved[0].shape
-    out = getattr(kernels, name)(*(t.reshape(-1, shape[-1]) for t in moved))
-    return out.reshape(shape).movedim(-1, dim)
-
-
-def _zero_constant_rows(result: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Masked and +inf rows are constant in x (rules 2, 3): zero gradient, chosen on the device, no sync."""
-    if x.shape[dim] == 0:
-        return result
-    return torch.where(torch.isinf(x.amax(dim=dim, keepdim=True)), 0.0, result)
-
-
-@torch.library.custom_op("softxent::softmax", mutates_args=())
-def _softmax_op(x: torch.Tensor, dim: int) -> torch.Tensor:
-    if _backend.uses_triton(x):
-        return _on_triton("softmax_rows", dim, x)
-    out = torch.softmax(x, dim)
-    special = _special_rows(x, dim)
-    if special is not None:
-        masked, positive = special
-        share = probabilities(x, dim)
-        out = torch.where(masked, 0.0, torch.where(positive, share, out))
-    return out
-
-
-@_softmax_op.register_fake
-def _(x, dim):
-    return torch.empty_like(x)
-
-
-@torch.library.custom_op("softxent::softmax_backward", mutates_args=())
-def _softmax_backward_op(grad: torch.Tensor, out: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
-    if _backend.uses_triton(out):
-        return _zero_constant_rows(_on_triton("softmax_backward_rows", dim, out, grad), x, dim)
-    result = torch._softmax_backward_data(grad, out, dim, out.dtype)  # p * (g - sum p g)
-    special = _special_rows(x, dim)
-    if special is not None:  # masked rows and +inf rows are constant: zero gradient
-        result = torch.where(special[0] | special[1], 0.0, result)
-    return result
-
-
-@_softmax_backward_op.register_fake
-def _(grad, out, x, dim):
-    return torch.empty_like(out)
-
-
-def _softmax_setup(ctx, inputs, output):
-    x, dim = inputs
-    ctx.save_for_backward(output, x)
-    ctx.dim = dim
-
-
-def _softmax_backward(ctx, grad):
-    out, x = ctx.saved_tensors
-    return torch.ops.softxent.softmax_backward(grad, out, x, ctx.dim), None
-
-
-_softmax_op.register_autograd(_softmax_backward, setup_context=_softmax_setup)
-
-
-@torch.library.custom_op("softxent::log_softmax", mutates_args=())
-def _log_softmax_op(x: torch.Tensor, dim: int) -> torch.Tensor:
-    if _backend.uses_triton(x):
-        return _on_triton("log_softmax_rows", dim, x)
-    out = torch.log_softmax(x, dim)
-    special = _special_rows(x, dim)
-    if special is not None:
-        masked, positive = special
-        with torch.no_grad():
-            share = torch.log(probabilities(x, dim))
-        out = torch.where(masked, -_INF, torch.where(positive, share, out))
-    return out
-
-
-@_log_softmax_op.register_fake
-def _(x, dim):
-    return torch.empty_like(x)
-
-
-@torch.library.custom_op("softxent::log_softmax_backward", mutates_args=())
-def _log_softmax_backward_op(grad: torch.Tensor, out: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
-    if _backend.uses_triton(out):
-        return _zero_constant_rows(_on_triton("log_softmax_backward_rows", dim, out, grad), x, dim)
-    result = torch._log_softmax_backward_data(grad, out, dim, out.dtype)  # g - exp(out) sum g
-    special = _special_rows(x, dim)
-    if special is not None:
-        result = torch.where(special[0] | special[1], 0.0, result)
-    return result
-
-
-@_log_softmax_backward_op.register_fake
-def _(grad, out, x, dim):
-    return torch.empty_like(out)
-
-
-def _log_softmax_backward(ctx, grad):
-    out, x = ctx.saved_tensors
-    return torch.ops.softxent.log_softmax_backward(grad, out, x, ctx.dim), None
-
-
-_log_softmax_op.register_autograd(_log_softmax_backward, setup_context=_softmax_setup)
+    out = function(*(t.reshape(-1, shape[-1]) for t in moved))
+    out = out.reshape(shape)
+    return out.movedim(-1, dim) if tensors[0].dim() else out.reshape(())

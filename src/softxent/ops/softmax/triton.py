@@ -312,6 +312,36 @@ def _(y, grad, temperature, where, log):
     return torch.empty_like(y, memory_format=torch.contiguous_format)
 
 
+def _rows_vmap(op, num_tensors: int):
+    """vmap rule of a row op (torch.func over the Triton path): the batch dimension joins the rows.
+
+    The op's arguments are `num_tensors` (N, C) tensors, a temperature, `where` (or None), `log`.
+    """
+
+    def rule(info, in_dims, *args):
+        size = info.batch_size
+
+        def batched(a, d):
+            return a.movedim(d, 0) if d is not None else a.expand(size, *a.shape)
+
+        tensors = [batched(a, d) for a, d in zip(args[:num_tensors], in_dims[:num_tensors])]
+        shape = tensors[0].shape  # (batch, N, C)
+        rest = list(args[num_tensors:])
+        where = rest[1]
+        if where is not None:  # (batch, *where's shape), that shape broadcastable to (N, C)
+            w = batched(where, in_dims[num_tensors + 1])
+            w = w.reshape(size, *([1] * (2 - where.dim())), *where.shape)
+            rest[1] = w.expand(shape).reshape(-1, shape[-1])
+        out = op(*(t.reshape(-1, shape[-1]) for t in tensors), *rest)
+        return out.reshape(shape), 0
+
+    return rule
+
+
+torch.library.register_vmap("softxent_triton::softmax", _rows_vmap(torch.ops.softxent_triton.softmax, 1))
+torch.library.register_vmap("softxent_triton::softmax_backward", _rows_vmap(torch.ops.softxent_triton.softmax_backward, 2))
+
+
 # --- the seam ------------------------------------------------------------------------------------------------------
 
 
