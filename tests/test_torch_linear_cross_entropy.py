@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import softxent as sx
 import softxent.torch as sxt
+from softxent._options import LossOptions
 from softxent._torch import threads as _threads
 from compare import assert_close
 
@@ -159,7 +160,8 @@ def test_no_rows_by_vocabulary_allocation(monkeypatch):
     x, w, b, t = _problem(torch.float32, (rows,), "index", True, 3, features=features, classes=classes)
     grad_scale = torch.tensor(1.0 / rows)
     with _Allocations() as seen:
-        lce._chunked(x, w, b, t, None, -100, 0.1, 1e-4, None, grad_scale, None, True, True, True, chunk, True, True)
+        options = LossOptions(label_smoothing=0.1, z_loss=1e-4)
+        lce._chunked(x, w, b, t, None, options, grad_scale, None, True, True, True, chunk, True, True)
     assert max(seen.sizes) < rows * classes // 2
     assert chunk * classes in seen.sizes  # the chunk buffer itself
     with _Allocations() as unfused:

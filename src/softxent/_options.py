@@ -38,6 +38,17 @@ class LossOptions:
         set_(self, "softcap", v.check_softcap(self.softcap))
         set_(self, "temperature", v.check_temperature(self.temperature))
 
+    def encode(self) -> list[float]:
+        """The scalar options as one list of floats, for a torch custom op's schema (`decode` reverses it;
+        ignore_index is exact in a float up to 2**53)."""
+        return [float(self.ignore_index), self.label_smoothing, self.z_loss, self.softcap or 0.0, self.temperature]
+
+    @classmethod
+    def decode(cls, values: list[float], weight: Any = None, reduction: str = "mean") -> "LossOptions":
+        ignore_index, label_smoothing, z_loss, softcap, temperature = values
+        return cls(weight=weight, ignore_index=int(ignore_index), reduction=reduction,
+                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap or None, temperature=temperature)
+
     @property
     def transforms_logits(self) -> bool:
         """True when the logits are soft-capped or tempered before the softmax."""

@@ -30,10 +30,15 @@ class SpanPool:
         self._pid = 0
         self._lock = threading.Lock()
 
-    def run(self, num_rows: int, threads: int, work: Callable[[int, int], None]) -> None:
-        """work(start, stop) over `threads` contiguous spans covering range(num_rows), then wait."""
+    def run(self, num_rows: int, threads: int, work: Callable[[int, int], None], align: int = 1) -> None:
+        """work(start, stop) over `threads` contiguous spans covering range(num_rows), then wait.
+
+        Span starts are multiples of `align` (a kernel's chunk of rows): every chunk then holds the same
+        rows whatever the number of threads, and so gives the same bits (vector loops and their scalar
+        tails round exp differently).
+        """
         pool = self._pool_for(threads)
-        bounds = [num_rows * i // threads for i in range(threads + 1)]
+        bounds = [min(num_rows, (num_rows * i // threads) // align * align) for i in range(threads)] + [num_rows]
         futures = [pool.submit(work, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
         for future in futures:
             future.result()  # re-raises a worker's exception here

@@ -151,32 +151,14 @@ def check_same_shape(shape_a: Sequence[int], shape_b: Sequence[int], name_a: str
         )
 
 
-def target_kind(logits_shape: Sequence[int], target_shape: Sequence[int], class_axis: int,
-                *, logits_name: str = "logits", target_name: str = "target") -> str:
-    """'index' when target drops the class axis of the logits, 'probs' when it matches them."""
-    logits_shape, target_shape = tuple(logits_shape), tuple(target_shape)
-    index_shape = logits_shape[:class_axis] + logits_shape[class_axis + 1:]
-    if target_shape == logits_shape:
-        return "probs"
-    if target_shape == index_shape:
-        return "index"
-    raise ValueError(
+def target_shape_error(index_shape: Sequence[int], logits_shape: Sequence[int], target_shape: Sequence[int],
+                       class_axis: int, logits_name: str = "logits", target_name: str = "target") -> ValueError:
+    """A target whose shape is neither class indices' nor probabilities' (the decision: the ops' spec)."""
+    return ValueError(
         f"{target_name} must hold class indices of shape {_shape(index_shape)} or probabilities of shape "
         f"{_shape(logits_shape)} to match {logits_name} of shape {_shape(logits_shape)} with classes on "
         f"axis {class_axis}; got shape {_shape(target_shape)}"
     )
-
-
-def check_target(logits_shape: Sequence[int], target: Any, class_axis: int, *, logits_name: str = "logits",
-                 target_name: str = "target") -> str:
-    """`target_kind`, then the dtype that kind needs: integer class indices, floating probabilities."""
-    kind = target_kind(logits_shape, target.shape, class_axis, logits_name=logits_name, target_name=target_name)
-    if kind == "index":
-        check_integer_labels(target, target_name)
-    elif dtype_kind(target) != "f":
-        raise TypeError(f"{target_name} with the shape of {logits_name} holds probabilities and must be floating; "
-                        f"got dtype {target.dtype}")
-    return kind
 
 
 def check_weight_shape(weight_shape: Sequence[int], num_classes: int, name: str = "weight") -> None:

@@ -23,7 +23,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from softxent._torch import checks as _checks
+import array_api_compat.torch as xp
+
+from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.torch_cpu import cross_entropy_rows
 
 RowKernel = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
@@ -102,15 +104,15 @@ def check_labels(target: torch.Tensor, num_classes: int, ignore_index: int, logi
 
         watch_target(target, num_classes, ignore_index)
     else:
-        _checks.check_labels(target, num_classes, ignore_index)
+        spec.check_labels(xp, target, num_classes, ignore_index)
 
 
 def check_values(target: torch.Tensor, weight: torch.Tensor | None, num_classes: int, ignore_index: int,
                  logits: torch.Tensor) -> None:
     """API rule 7 on the values: class indices (`check_labels`), probabilities, class weights."""
     if target.dtype.is_floating_point:
-        _checks.check_probabilities(target)
+        spec.check_probabilities(xp, target)
     else:
         check_labels(target, num_classes, ignore_index, logits)
     if weight is not None:
-        _checks.check_weight(weight, num_classes)
+        spec.check_weight(xp, weight, num_classes)

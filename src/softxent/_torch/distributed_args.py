@@ -15,7 +15,10 @@ import torch
 
 from softxent import _validation as v
 from softxent._options import LossOptions
-from softxent._torch.checks import check_probabilities
+import array_api_compat.torch as xp
+
+from softxent._torch.checks import floating, same_device, tensor
+from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.distributed_rows import RowProblem
 from softxent._torch.collectives import Field, Layout, dtype_code, fingerprint, float_bits, shape_code, show_dtype, show_float, \
     show_fingerprint
@@ -23,30 +26,13 @@ from softxent._torch.collectives import Field, Layout, dtype_code, fingerprint, 
 _REDUCTION_CODES = {name: i for i, name in enumerate(v.REDUCTIONS)}
 
 
-def tensor(value: Any, name: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
-    return value
-
-
-def floating(value: Any, name: str) -> torch.Tensor:
-    value = tensor(value, name)
-    v.check_numeric(value, name, allow_int=False)
-    return value
-
-
-def same_device(value: torch.Tensor, reference: torch.Tensor, name: str, reference_name: str) -> None:
-    if value.device != reference.device:
-        raise ValueError(f"{name} must be on the device of {reference_name}, {reference.device}; got {value.device}")
-
-
 def checked_target(target: Any, logits_shape: tuple, logits: torch.Tensor, logits_name: str) -> str:
     """'index' or 'probs', after the checks one rank can make alone (probabilities >= 0, no NaN)."""
     target = tensor(target, "target")
-    kind = v.check_target(logits_shape, target, len(logits_shape) - 1, logits_name=logits_name)
+    kind = spec.check_target(logits_shape, target, len(logits_shape) - 1, logits_name=logits_name)
     same_device(target, logits, "target", logits_name)
-    if kind == "probs":
-        check_probabilities(target)  # as every layer: finite and >= 0
+    if kind == spec.PROBS:
+        spec.check_probabilities(xp, target)  # as every layer: finite and >= 0
     return kind
 
 
@@ -107,22 +93,6 @@ def check_against_vocabulary(layout: Layout, labels: torch.Tensor | None, weight
     if vocab == 0:
         raise ValueError(f"the vocabulary is empty: every rank's slice has 0 classes (sizes {list(layout.sizes)})")
     if labels is not None and labels.numel():
-        bad = ((labels < 0) | (labels >= vocab)) & (labels != options.ignore_index)
-        if bool(bad.any()):
-            flat = int(torch.nonzero(bad)[0])
-            position = _unravel(flat, batch_shape)
-            raise v.bad_label_error(int(labels[flat]), position, vocab, options.ignore_index)
+        spec.check_labels(xp, labels.reshape(batch_shape), vocab, options.ignore_index)
     if weight is not None:
-        v.check_weight_shape(tuple(weight.shape), vocab)
-        bad = ~(weight >= 0) | torch.isinf(weight)
-        if bool(bad.any()):
-            index = int(torch.nonzero(bad)[0])
-            raise v.bad_weight_error(float(weight[index]), index)
-
-
-def _unravel(flat: int, shape: tuple) -> tuple[int, ...]:
-    position = []
-    for size in reversed(shape):
-        position.append(flat % int(size))
-        flat //= int(size)
-    return tuple(reversed(position))
+        spec.check_weight(xp, weight, vocab)

@@ -61,7 +61,7 @@ def _without_grad(work: Callable[[int, int], None], start: int, stop: int) -> No
 
 
 def for_row_spans(num_rows: int, num_classes: int, work: Callable[[int, int], None], *,
-                  device: torch.device | None = None) -> None:
+                  device: torch.device | None = None, align: int = 1) -> None:
     """Run work(start, stop) over contiguous spans covering range(num_rows), one per thread if large.
 
     Each span writes only its own rows, so the result does not depend on the number of threads. Off the
@@ -74,4 +74,4 @@ def for_row_spans(num_rows: int, num_classes: int, work: Callable[[int, int], No
         work(0, num_rows)
         return
     # even one span runs on a worker: its ops are then single-threaded, with no OpenMP barrier to stall
-    _SPANS.run(num_rows, threads, partial(_without_grad, work))
+    _SPANS.run(num_rows, threads, partial(_without_grad, work), align)

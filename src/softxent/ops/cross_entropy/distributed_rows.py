@@ -34,7 +34,10 @@ from dataclasses import dataclass
 
 import torch
 
+import array_api_compat.torch as xp
+
 from softxent._options import LossOptions
+from softxent.ops.cross_entropy import spec
 from softxent._torch.collectives import Layout
 
 _INF = float("inf")
@@ -77,16 +80,13 @@ class RowProblem:
         self.local_weight = None if weight is None else \
             self.weight[layout.start:layout.stop].to(self.dtype)
         self.width = 3 if labels is not None else 4  # statistics per row per rank
-        e, vocab = options.label_smoothing, layout.total
-        self.smooth = e / vocab if vocab else 0.0  # e / V: the uniform part of the smoothed target
+        vocab = layout.total
+        _, self.smooth = spec.smoothing_split(options.label_smoothing, vocab)  # e / V: the uniform share
         if labels is not None:
-            self.kept = labels != options.ignore_index
-            safe = torch.where(self.kept, labels, torch.zeros_like(labels))
-            target_weight = torch.ones(num_rows, dtype=torch.float64, device=device) if weight is None \
-                else self.weight[safe]
-            self.target_weight = torch.where(self.kept, target_weight, torch.zeros_like(target_weight))
-            self.target_coef = (1.0 - e) * self.target_weight  # a_t, the target's own coefficient
-            self.smooth_coef = self.smooth * self.kept.to(torch.float64)  # e / V on kept rows
+            coefficients = spec.index_coefficients(xp, labels, self.weight, options, vocab, torch.float64)
+            self.kept = coefficients.kept
+            self.target_coef = coefficients.target  # a_t, the target's own coefficient
+            self.smooth_coef = coefficients.uniform  # e / V on kept rows
             self.owned = self.kept & (labels >= layout.start) & (labels < layout.stop)
             self.local_index = torch.where(self.owned, labels - layout.start, torch.zeros_like(labels))
         else:
@@ -94,27 +94,21 @@ class RowProblem:
 
     # --- reduction -----------------------------------------------------------------------------------
 
-    def denominator(self) -> float:
-        """What "mean" divides by: sum of weight[t] over rows not ignored, or the number of rows."""
-        if self.labels is None:
-            return float(self.num_rows)
-        return float(self.target_weight.sum())
-
-    def grad_scale(self) -> float:
+    def denominator(self) -> torch.Tensor | None:
+        """What "mean" divides by (the spec's rule), or None for "sum" and "none"."""
         if self.options.reduction != "mean":
-            return 1.0
-        denominator = self.denominator()
-        return 1.0 / denominator if denominator else 0.0  # every row ignored: zero gradient (rule 5)
+            return None
+        kind = spec.INDEX if self.labels is not None else spec.PROBS
+        return spec.mean_denominator(xp, kind, self.labels, self.weight, self.options.ignore_index, self.num_rows,
+                                     torch.float64, num_classes=self.layout.total, device=self.device)
+
+    def grad_scale(self) -> torch.Tensor:
+        return spec.gradient_scale(xp, self.denominator(), torch.float64, self.device)
 
     def reduce(self, losses: torch.Tensor, batch_shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-        reduction = self.options.reduction
-        if reduction == "none":
+        if self.options.reduction == "none":
             return losses.reshape(batch_shape).to(dtype)
-        total = losses.sum()
-        if reduction == "mean":
-            denominator = self.denominator()
-            total = total / denominator if denominator else torch.zeros_like(total)
-        return total.to(dtype)
+        return spec.reduce(xp, losses, self.options.reduction, self.denominator()).to(dtype)
 
     def row_scale(self, grad_output: torch.Tensor) -> torch.Tensor:
         """d(reduced loss)/d(row loss) times the incoming gradient, per row, float64 (n,)."""

@@ -8,17 +8,19 @@ from typing import Any
 
 import numpy as np
 
+import array_api_compat.numpy as xp
+
 from softxent import _validation as v
-from softxent._options import LossOptions
 from softxent._arrays import Rows, accurate_dtype, as_float_array, block_rows, blocks, for_row_spans
+from softxent._options import LossOptions
+from softxent.ops.cross_entropy import spec
 from softxent.ops.logsumexp.numpy import exp_log_sum, shift_rows
-from softxent.ops.entropy.numpy import check_probabilities
-from softxent.ops.hardmax.numpy import check_labels
 
 
 def cross_entropy(logits: Any, target: Any, *, axis: int = -1, weight: Any = None, ignore_index: int = -100,
                   reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
-                  softcap: float | None = None, temperature: float = 1.0, return_grad: bool = False):
+                  softcap: float | None = None, temperature: float = 1.0, num_items: Any = None,
+                  return_grad: bool = False):
     """Cross-entropy between ``softmax(logits)`` and a target: the softmax loss of every classifier.
 
     For a row of logits x with class-index target t, the loss is ``-log softmax(x)_t = lse(x) - x_t``,
@@ -37,13 +39,17 @@ def cross_entropy(logits: Any, target: Any, *, axis: int = -1, weight: Any = Non
     - `ignore_index`: rows with that label contribute 0 loss and 0 gradient and are not counted.
     - A fully masked row (all logits -inf) contributes 0 loss and 0 gradient but is counted. With every
       row ignored, ``"mean"`` gives 0 (PyTorch: NaN). Labels outside [0, C) raise ValueError.
+    - `num_items` n: ``"mean"`` divides by n instead (the global number of target tokens over
+      micro-batches and ranks), so that summing such losses gives the mean over the global batch.
+
+    The rules are the ones every layer shares (`softxent.ops.cross_entropy.spec`).
 
     Args:
         logits: real array with classes on `axis`; float16 is accumulated in float32 or wider.
         target: integer class indices with the shape of `logits` minus `axis`, or float probabilities
             with the shape of `logits`.
         axis: the class axis.
-        weight, ignore_index, reduction, label_smoothing, z_loss, softcap, temperature: as above;
+        weight, ignore_index, reduction, label_smoothing, z_loss, softcap, temperature, num_items: as above;
             `reduction` is ``"none"`` (per-row losses), ``"mean"`` or ``"sum"``.
         return_grad: also return d(loss)/d(logits) (for ``"none"``, of the sum of the losses).
 
@@ -68,7 +74,7 @@ def cross_entropy(logits: Any, target: Any, *, axis: int = -1, weight: Any = Non
     (class_axis,) = v.normalize_axes(axis, logits.ndim)
     rows = Rows(logits, (class_axis,))
     problem = CrossEntropyRows.build(logits.shape, rows.num_classes, target, weight, options, class_axis,
-                                     to_rows=rows.like)
+                                     to_rows=rows.like, num_items=num_items)
 
     scale = problem.grad_scale()
     grad = np.empty(rows.data.shape, dtype=logits.dtype) if return_grad else None
@@ -78,61 +84,62 @@ def cross_entropy(logits: Any, target: Any, *, axis: int = -1, weight: Any = Non
 
 
 class CrossEntropyRows:
-    """A cross-entropy problem over rows of logits: checked targets and weights, and the row kernel.
+    """A cross-entropy problem over rows of logits, resolved by the spec, and the row kernel.
 
     Built once per call; `losses` can run over the whole (rows, C) array or over chunks of it (the fused
     linear layer computes its logits a chunk of rows at a time and passes `rows` to select targets).
     """
 
     def __init__(self, num_classes: int, labels: np.ndarray | None, probs: np.ndarray | None,
-                 weight: np.ndarray | None, options: LossOptions):
+                 weight: np.ndarray | None, options: LossOptions, num_items: Any = None):
         self.num_classes = num_classes
         self.labels = labels  # (rows,) class indices, or None
         self.probs = probs  # (rows, C) probabilities, or None
         self.weight = weight  # (C,) float64, or None
         self.options = options
+        self.num_items = num_items
 
     @classmethod
     def build(cls, logits_shape: tuple, num_classes: int, target: Any, weight: Any, options: LossOptions,
-              class_axis: int, to_rows) -> "CrossEntropyRows":
-        """Check target and weight against the logits' shape and lay them out as rows."""
+              class_axis: int, to_rows, num_items: Any = None) -> "CrossEntropyRows":
+        """Check target, weight and num_items against the logits (the spec's rules); targets as rows."""
         try:
             target = np.asarray(target)
         except (ValueError, TypeError) as err:
             raise ValueError(f"target must be a rectangular numeric array; {err}") from None
-        kind = v.check_target(logits_shape, target, class_axis)
+        num_items = spec.check_num_items(num_items, options.reduction)
         labels = probs = None
-        if kind == "index":
-            check_labels(target, num_classes, options.ignore_index)
+        if spec.check_target(logits_shape, target, class_axis) == spec.INDEX:
+            spec.check_labels(xp, target, num_classes, options.ignore_index)
             labels = target.reshape(-1)
         else:
-            probs = to_rows(check_probabilities(target, "target"))
-        return cls(num_classes, labels, probs, _checked_weight(weight, num_classes), options)
+            spec.check_probabilities(xp, target)
+            probs = to_rows(target)
+        if weight is not None:
+            weight = as_float_array(weight, "weight")
+            spec.check_weight(xp, weight, num_classes)
+            weight = weight.astype(np.float64)
+        return cls(num_classes, labels, probs, weight, options, num_items)
 
     # --- reduction ---------------------------------------------------------------------------------
 
-    def denominator(self) -> float:
-        """What "mean" divides by: sum of weight[t] over rows not ignored, or the number of rows."""
-        if self.labels is None:
-            return float(self.probs.shape[0])
-        kept = self.labels[self.labels != self.options.ignore_index]
-        return float(kept.size if self.weight is None else self.weight[kept].sum())
+    def denominator(self) -> np.ndarray:
+        """What "mean" divides by (the spec's rule 6, or num_items)."""
+        kind = spec.INDEX if self.labels is not None else spec.PROBS
+        num_rows = self.labels.size if self.labels is not None else self.probs.shape[0]
+        return spec.mean_denominator(xp, kind, self.labels, self.weight, self.options.ignore_index, num_rows,
+                                     np.float64, num_classes=self.num_classes, num_items=self.num_items)
 
     def grad_scale(self) -> float:
-        if self.options.reduction != "mean":
-            return 1.0
-        denominator = self.denominator()
-        return 1.0 / denominator if denominator else 0.0  # all ignored: zero gradient (rule 5)
+        denominator = self.denominator() if self.options.reduction == "mean" else None
+        return float(spec.gradient_scale(xp, denominator, np.float64))
 
     def reduce(self, losses: np.ndarray, batch_shape: tuple, dtype: np.dtype):
         reduction = self.options.reduction
         if reduction == "none":
             return losses.reshape(batch_shape).astype(dtype)
-        total = losses.sum()
-        if reduction == "mean":
-            denominator = self.denominator()
-            total = total / denominator if denominator else 0.0
-        return np.asarray(total, dtype=dtype)[()]
+        denominator = self.denominator() if reduction == "mean" else None
+        return np.asarray(spec.reduce(xp, losses, reduction, denominator), dtype=dtype)[()]
 
     # --- the row kernel ----------------------------------------------------------------------------
 
@@ -198,29 +205,24 @@ class CrossEntropyRows:
                     buf /= options.temperature
                     shift.value /= options.temperature
 
-        # 2. the target's coefficients a_j (loss = sum_j a_j (lse - z_j)) and the sums that need d
+        # 2. the target's coefficients a_j (loss = sum_j a_j (lse - z_j), the spec's) and the sums that need d
         if labels is not None:
-            kept = labels != options.ignore_index
-            safe = np.where(kept, labels, 0)
-            target_coef = (1.0 - smoothing) * (1.0 if weight is None else weight[safe]) * kept
+            coefficients = spec.index_coefficients(xp, labels, weight, options, num_classes, np.float64)
+            kept, safe = coefficients.kept, coefficients.safe
+            target_coef, smooth_coef, total_coef = coefficients.target, coefficients.uniform, coefficients.total
             target_d = buf[rows, safe]
+            w_sum = num_classes if weight is None else weight.sum()
             if smoothing:
-                smooth_coef = smoothing / num_classes * kept  # times weight_j on class j
                 smooth_d = _weighted_row_sums(buf, weight)
-            total_coef = target_coef + (smooth_coef * (num_classes if weight is None else weight.sum())
-                                        if smoothing else 0.0)
         else:
             kept = np.ones(n, dtype=bool)
             coef = scratch.coef
-            np.multiply(probs, 1.0 - smoothing, out=coef)
-            coef += smoothing / num_classes
-            if weight is not None:
-                coef *= weight
+            coef[...] = spec.probability_coefficients(xp, probs, weight, options, num_classes, coef.dtype)
             coef_d = _weighted_row_sums(buf, coef)
             total_coef = coef.sum(axis=1)
 
-        # 3. e = exp(d) and L = log sum e, exact; lse = max + L
-        log_sum, total = exp_log_sum(buf, shift.first, buf)
+        # 3. e = exp(d) and L = log sum e, exact; lse = max + L; rest = the sum without the max's own 1
+        log_sum, total, rest = exp_log_sum(buf, shift.first, buf)
         lse = shift.lse(log_sum)
 
         # 4. the loss: sum_j a_j (L - d_j) + z lse^2, a sum of terms >= 0 (d <= 0 <= L)
@@ -230,7 +232,7 @@ class CrossEntropyRows:
             if labels is not None:
                 loss = np.where(target_coef > 0, target_coef * (log_sum - target_d), 0.0)
                 if smoothing:
-                    loss += smooth_coef * ((num_classes if weight is None else weight.sum()) * log_sum - smooth_d)
+                    loss += smooth_coef * (w_sum * log_sum - smooth_d)
             else:
                 loss = total_coef * log_sum - coef_d
             if options.z_loss:
@@ -252,6 +254,15 @@ class CrossEntropyRows:
             buf *= row_factor[:, None]
             if labels is not None:
                 buf[rows, safe] -= s * target_coef
+                # where the target holds the max (e_t = 1), its entry s (F e_t - a_t sum e) / sum e is taken
+                # as s ((F - a_t) - a_t rest) / sum e, rest = sum_{j != t} e_j: p_t - 1 computed as
+                # -sum_{j != t} p_j, never by cancellation (rule 11), exact when p_t is near 1
+                at_max = np.flatnonzero((safe == shift.first) & kept)
+                if at_max.size:
+                    with np.errstate(all="ignore"):
+                        other = smooth_coef[at_max] * w_sum + 2.0 * options.z_loss * finite_lse[at_max]
+                        exact = s[at_max] * (other - target_coef[at_max] * rest[at_max]) / total[at_max]
+                    buf[at_max, safe[at_max]] = exact
                 if smoothing:
                     buf -= (s * smooth_coef)[:, None] * (1.0 if weight is None else weight)
             else:

@@ -9,13 +9,15 @@ kernel `_backend.backend_for(logits)` (`_rows.cross_entropy_rows` on the CPU).
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import array_api_compat.torch as xp
 import torch
 from torch import nn
 
 from softxent import _validation as v
 from softxent._options import LossOptions
+from softxent.ops.cross_entropy import spec
 from softxent._torch import backend as _backend
 from softxent._torch import checks as _checks
 from softxent._torch import memory as _memory
@@ -23,8 +25,9 @@ from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype
 
 
 def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
-                  z_loss: float = 0.0, softcap: float | None = None, temperature: float = 1.0,
+                  size_average: bool | None = None, ignore_index: int = -100, reduce: bool | None = None,
+                  reduction: str = "mean", label_smoothing: float = 0.0, *, z_loss: float = 0.0,
+                  softcap: float | None = None, temperature: float = 1.0, num_items=None,
                   return_lse: bool = False, inplace_grad: bool = False, check_labels: bool = True):
     """Cross-entropy between ``softmax(input)`` and a target, with its gradient fused into the forward.
 
@@ -56,10 +59,14 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
             probabilities with the shape of `input`, floating point.
         weight: (C,) class weights, or None.
         ignore_index: the class index whose rows are left out (class-index targets only).
+        size_average, reduce: torch's deprecated pair, mapped to `reduction` as torch maps them.
         reduction: ``"none"`` (the per-row losses, shape of `target` for class indices), ``"mean"`` or
             ``"sum"``.
         label_smoothing: e in [0, 1].
-        z_loss, softcap, temperature: as above (extensions; API.md lists z_loss and softcap).
+        z_loss, softcap, temperature: as above.
+        num_items: with ``"mean"``, divide the (weighted) sum by this number (an int or a 0-d tensor)
+            instead: the global count of target tokens over micro-batches and ranks (Hugging Face's
+            `num_items_in_batch`), so that summing such losses gives the mean over the global batch.
         return_lse: also return the per-row log-sum-exp of the (softcapped, tempered) logits, in the
             input's dtype and the batch shape, differentiable.
         inplace_grad: extension. Write the gradient into `input`'s own buffer instead of a new one:
@@ -90,14 +97,25 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
         Higham 2021, "Accurately computing the log-sum-exp and softmax functions"; Wijmans et al. 2024,
         "Cut your losses in large-vocabulary language models" (gradients in the forward pass).
     """
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce)
     options = LossOptions(weight=weight, ignore_index=ignore_index, reduction=reduction,
                           label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, temperature=temperature)
     _check_arguments(input, target, weight)
+    num_items = spec.check_num_items(num_items, options.reduction)
     want_grad = torch.is_grad_enabled() and input.requires_grad
     # under torch.compile the graph is functional: the gradient gets a buffer of its own
     inplace = bool(inplace_grad) and want_grad and not torch.compiler.is_compiling()
-    call = _Call(want_grad=want_grad, inplace=inplace, check=bool(check_labels), return_lse=bool(return_lse))
+    call = _Call(want_grad=want_grad, inplace=inplace, check=bool(check_labels), return_lse=bool(return_lse),
+                 num_items=num_items)
     return _CrossEntropyFunction.apply(input, target, options, call)
+
+
+def _legacy_reduction(size_average, reduce) -> str:
+    """torch's deprecated size_average / reduce pair as a reduction, with torch's own warning."""
+    from torch.nn import _reduction
+
+    return _reduction.legacy_get_string(size_average, reduce, emit_warning=True)
 
 
 class CrossEntropyLoss(nn.Module):
@@ -116,9 +134,7 @@ class CrossEntropyLoss(nn.Module):
                  inplace_grad: bool = False, check_labels: bool = True):
         super().__init__()
         if size_average is not None or reduce is not None:  # torch's deprecated pair, mapped as torch does
-            from torch.nn import _reduction
-
-            reduction = _reduction.legacy_get_string(size_average, reduce, emit_warning=True)
+            reduction = _legacy_reduction(size_average, reduce)
         # validated now, so a bad option fails at construction, not at the first batch
         LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                     z_loss=z_loss, softcap=softcap, temperature=temperature)
@@ -128,7 +144,8 @@ class CrossEntropyLoss(nn.Module):
         self.return_lse, self.inplace_grad, self.check_labels = return_lse, inplace_grad, check_labels
 
     def forward(self, input: torch.Tensor, target: torch.Tensor):
-        return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
+        return cross_entropy(input, target, self.weight, None, self.ignore_index, None, self.reduction,
+                             self.label_smoothing,
                              z_loss=self.z_loss, softcap=self.softcap, temperature=self.temperature,
                              return_lse=self.return_lse, inplace_grad=self.inplace_grad,
                              check_labels=self.check_labels)
@@ -150,7 +167,7 @@ def _check_arguments(input, target, weight) -> None:
     v.check_numeric(input, "input", allow_int=False)
     if input.dim() == 0:
         raise ValueError("input must have at least one dimension (the classes); got a scalar")
-    v.check_target(input.shape, target, _class_dim(input), logits_name="input")
+    spec.check_target(input.shape, target, _class_dim(input), logits_name="input")
     _checks.check_weight_argument(weight, input.shape[_class_dim(input)])
     for name, tensor in (("target", target), ("weight", weight)):
         if tensor is not None and tensor.device != input.device:
@@ -172,32 +189,21 @@ class _Call:
     inplace: bool
     check: bool
     return_lse: bool = False  # also return the lse, whose gradient reads the logits
+    num_items: object = None  # "mean"'s global denominator (an int or a 0-d tensor), or None
 
     @property
     def keep_input(self) -> bool:
         return self.return_lse and self.want_grad and not self.inplace
 
 
-def mean_denominator(target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int, *, num_classes: int,
-                     num_rows: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """What "mean" divides by, on the device: sum of weight[t] over kept rows, or the number of rows."""
-    if target.dtype.is_floating_point:
-        return torch.tensor(float(num_rows), dtype=dtype, device=device)
-    labels = target.reshape(-1)
-    kept = labels != ignore_index
-    if weight is None:
-        return kept.sum().to(dtype)
-    # clamped so that a bad label cannot fault here: the op's check reports it
-    safe = torch.where(kept, labels, 0).clamp(0, max(0, num_classes - 1)).long()
-    return (weight.to(dtype)[safe] * kept).sum()
-
-
-def gradient_scale(denominator: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """What the row kernel scales the gradient by: 1 / the "mean" denominator (0 when nothing counts, so
-    all rows ignored gives a zero gradient, not NaN: rule 5), or 1 for "sum" and "none" (denominator None)."""
-    if denominator is None:
-        return torch.ones((), dtype=dtype, device=device)
-    return torch.where(denominator > 0, 1.0 / denominator, 0.0)
+def denominator(target: torch.Tensor, options: LossOptions, num_items, *, num_classes: int, num_rows: int,
+                dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """What "mean" divides by (the spec's rule, on the device: no sync), or None for "sum" and "none"."""
+    if options.reduction != "mean":
+        return None
+    kind = spec.PROBS if target.dtype.is_floating_point else spec.INDEX
+    return spec.mean_denominator(xp, kind, target, options.weight, options.ignore_index, num_rows, dtype,
+                                 num_classes=num_classes, num_items=num_items, device=device)
 
 
 def cross_entropy_forward(input: torch.Tensor, target: torch.Tensor, options: LossOptions, call: _Call):
@@ -206,33 +212,19 @@ def cross_entropy_forward(input: torch.Tensor, target: torch.Tensor, options: Lo
     The gradient is that of the returned loss, already divided by the "mean" denominator.
     """
     acc = accumulation_dtype(input.dtype)
-    weight = options.weight
-    denominator = None
-    if options.reduction == "mean":
-        num_classes = input.shape[_class_dim(input)]
-        denominator = mean_denominator(target, weight, options.ignore_index, num_classes=num_classes,
-                                       num_rows=input.numel() // max(1, num_classes), dtype=acc,
-                                       device=input.device)
-    grad_scale = gradient_scale(denominator, acc, input.device)
-    arguments = (target, weight, options.ignore_index, options.label_smoothing, options.z_loss, options.softcap,
-                 options.temperature, grad_scale)
+    num_classes = input.shape[_class_dim(input)]
+    denom = denominator(target, options, call.num_items, num_classes=num_classes,
+                        num_rows=input.numel() // max(1, num_classes), dtype=acc, device=input.device)
+    grad_scale = spec.gradient_scale(xp, denom, acc, input.device)
+    arguments = (target, options.weight, options.encode(), grad_scale)
     if call.inplace:
         losses, lse = torch.ops.softxent.cross_entropy_(input, *arguments, call.check)
         grad = input.detach()  # a tensor of its own on input's memory, so autograd can adopt it as .grad
     else:
         losses, lse, grad = torch.ops.softxent.cross_entropy(input, *arguments, call.want_grad, call.check)
         grad = grad if call.want_grad else None
-    return reduce_losses(losses, options.reduction, denominator).to(input.dtype), lse.to(input.dtype), grad
-
-
-def reduce_losses(losses: torch.Tensor, reduction: str, denominator: torch.Tensor | None) -> torch.Tensor:
-    """The per-row losses as asked: themselves, their sum, or their sum over the "mean" denominator
-    (0 when every row is ignored, rule 5), on the device."""
-    if reduction == "none":
-        return losses
-    if reduction == "sum":
-        return losses.sum()
-    return torch.where(denominator > 0, losses.sum() / denominator, 0.0)
+    loss = spec.reduce(xp, losses, options.reduction, denom)
+    return loss.to(input.dtype), lse.to(input.dtype), grad
 
 
 def cross_entropy_backward(grad: torch.Tensor, grad_loss: torch.Tensor, class_dim: int) -> torch.Tensor:
@@ -324,7 +316,8 @@ def _recompute_grad(ctx, input, target) -> torch.Tensor:
             + ("inplace_grad=True overwrote." if ctx.call.inplace
                else "are no longer alive or were modified in place. Keep a reference to the logits."))
     with torch.no_grad():
-        _, _, grad = cross_entropy_forward(input, target, ctx.options, _Call(True, False, False))
+        _, _, grad = cross_entropy_forward(input, target, ctx.options,
+                                           replace(ctx.call, want_grad=True, inplace=False, check=False))
     return grad
 
 
@@ -380,11 +373,9 @@ def _target_grad(input, target, grad_loss, options: LossOptions, class_dim: int)
 # --- the op: layout, value checks and the row kernel, opaque to torch.compile ----------------------------
 
 
-def _fused(input, target, weight, ignore_index, label_smoothing, z_loss, softcap, temperature, grad_scale,
-           grad, check):
+def _fused(input, target, weight, options: LossOptions, grad_scale, grad, check):
     """losses and lse in the batch shape; the gradient written into `grad` (None: no gradient work)."""
-    options = LossOptions(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
-                          softcap=softcap, temperature=temperature)
+    ignore_index = options.ignore_index
     class_dim = _class_dim(input)
     num_classes = input.shape[class_dim]
     index = not target.dtype.is_floating_point
@@ -459,19 +450,17 @@ def _rows_view(tensor, num_classes):
 
 
 @torch.library.custom_op("softxent::cross_entropy", mutates_args=())
-def _cross_entropy_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
-                      label_smoothing: float, z_loss: float, softcap: float | None, temperature: float,
+def _cross_entropy_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, options: list[float],
                       grad_scale: torch.Tensor, want_grad: bool, check: bool
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     grad = _memory.empty_like(input) if want_grad else input.new_empty(0)
-    losses, lse = _fused(input, target, weight, ignore_index, label_smoothing, z_loss, softcap, temperature,
-                         grad_scale, grad if want_grad else None, check)
+    losses, lse = _fused(input, target, weight, LossOptions.decode(options), grad_scale, grad if want_grad else None,
+                         check)
     return losses, lse, grad
 
 
 @_cross_entropy_op.register_fake
-def _(input, target, weight, ignore_index, label_smoothing, z_loss, softcap, temperature, grad_scale,
-      want_grad, check):
+def _(input, target, weight, options, grad_scale, want_grad, check):
     class_dim = _class_dim(input)
     batch_shape = input.shape[:class_dim] + input.shape[class_dim + 1:]
     acc = accumulation_dtype(input.dtype)
@@ -481,16 +470,14 @@ def _(input, target, weight, ignore_index, label_smoothing, z_loss, softcap, tem
 
 @torch.library.custom_op("softxent::cross_entropy_", mutates_args=("input",))
 def _cross_entropy_inplace_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
-                              ignore_index: int, label_smoothing: float, z_loss: float, softcap: float | None,
-                              temperature: float, grad_scale: torch.Tensor, check: bool
+                              options: list[float], grad_scale: torch.Tensor, check: bool
                               ) -> tuple[torch.Tensor, torch.Tensor]:
-    losses, lse = _fused(input, target, weight, ignore_index, label_smoothing, z_loss, softcap, temperature,
-                         grad_scale, input, check)
+    losses, lse = _fused(input, target, weight, LossOptions.decode(options), grad_scale, input, check)
     return losses, lse
 
 
 @_cross_entropy_inplace_op.register_fake
-def _(input, target, weight, ignore_index, label_smoothing, z_loss, softcap, temperature, grad_scale, check):
+def _(input, target, weight, options, grad_scale, check):
     class_dim = _class_dim(input)
     batch_shape = input.shape[:class_dim] + input.shape[class_dim + 1:]
     losses = input.new_empty(batch_shape, dtype=accumulation_dtype(input.dtype))

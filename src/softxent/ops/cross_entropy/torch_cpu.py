@@ -19,7 +19,7 @@ Higham 2021, for the log1p form of log-sum-exp).
 
 Rows go through in chunks of about `CHUNK_BYTES` of the working precision, a few passes each (max,
 shift, exp, sum, scale) over data that stays in cache; large problems run one span of rows per core
-(`_threads.for_row_spans`).
+(`softxent._torch.threads.for_row_spans`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ import math
 
 import torch
 
+import array_api_compat.torch as xp
+
 from softxent._options import LossOptions
+from softxent.ops.cross_entropy import spec
 from softxent._torch.threads import for_row_spans
 
 # One chunk of rows in the working precision. Small enough that its passes hit the cache (L2/L3), large
@@ -82,7 +85,7 @@ def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch
             grad_out.zero_()
         return losses, lse
     kernel = _Kernel(logits, target, weight, options, grad_scale, grad_out)
-    for_row_spans(num_rows, num_classes, kernel.run, device=device)
+    for_row_spans(num_rows, num_classes, kernel.run, device=device, align=kernel.step)
     return kernel.finish(losses, lse)
 
 
@@ -97,6 +100,7 @@ class _Kernel:
         device = logits.device
         self.step = chunk_rows(num_classes, acc)
         self.eps = options.label_smoothing
+        self.on_target, self.uniform = spec.smoothing_split(self.eps, num_classes)
         self.w = None if weight is None else weight.to(device=device, dtype=acc)
         self.w_sum = float(num_classes) if self.w is None else self.w.sum()
         per_row = lambda: torch.empty(num_rows, 1, dtype=acc, device=device)  # noqa: E731
@@ -108,15 +112,13 @@ class _Kernel:
             self.total = per_row()  # A = sum_j a_j
             self.coef_d = per_row()  # sum_j a_j d_j
         else:
-            labels = target.reshape(num_rows, 1)
-            self.kept = labels != options.ignore_index
-            self.labels = torch.where(self.kept, labels, 0)  # safe to gather with
+            coefficients = spec.index_coefficients(xp, target.reshape(num_rows, 1), self.w, options, num_classes, acc)
+            self.kept = coefficients.kept
+            self.labels = coefficients.safe  # safe to gather with
             self.probs = None
-            kept = self.kept.to(acc)  # (a bool tensor times a Python float would be float32)
-            w_t = kept if self.w is None else self.w[self.labels] * kept
-            self.target_coef = (1.0 - self.eps) * w_t  # a_t
-            self.smooth_coef = self.eps / num_classes * kept  # a_j - [j = t] a_t, over w_j
-            self.total = self.target_coef + self.smooth_coef * self.w_sum
+            self.target_coef = coefficients.target  # a_t
+            self.smooth_coef = coefficients.uniform  # a_j - [j = t] a_t, over w_j
+            self.total = coefficients.total
             self.target_d = per_row()
             self.target_e = per_row()
             if self.eps:
@@ -187,8 +189,8 @@ class _Kernel:
                 self.smooth_d[rows] = _weighted_row_sums(buf, self.w)
         else:
             coef.copy_(self.probs[rows])  # in the working precision before any arithmetic
-            if self.eps:
-                coef.mul_(1.0 - self.eps).add_(self.eps / self.num_classes)
+            if self.eps:  # the spec's a = ((1 - eps) p + eps / C) w, in place
+                coef.mul_(self.on_target).add_(self.uniform)
             if self.w is not None:
                 coef.mul_(self.w)
             torch.sum(coef, dim=1, keepdim=True, out=self.total[rows])

@@ -523,3 +523,26 @@ def _check_targets(num_rows: int, num_classes: int, device, target, weight) -> N
     for name, tensor in (("target", target), ("weight", weight)):
         if tensor is not None and tensor.device != device:
             raise ValueError(f"{name} must be on {device} like the logits; got {tensor.device}")
+
+
+def mean_scale(target: torch.Tensor, weight: Optional[torch.Tensor], ignore_index: int,
+               num_classes: int) -> torch.Tensor:
+    """1 / (what "mean" divides by) as a 0-d float32 tensor on target's device, 0 when nothing counts.
+
+    The spec's rule (`softxent.ops.cross_entropy.spec.mean_denominator`), computed on the device: bad
+    labels are clamped for the gather, so no device assert fires and nothing waits for the host.
+
+    Example:
+        >>> import torch
+        >>> from softxent.torch.triton import mean_scale
+        >>> float(mean_scale(torch.tensor([0, 2, -100]), torch.tensor([1.0, 1.0, 3.0]), -100, 3))
+        0.25
+    """
+    import array_api_compat.torch as xp
+
+    from softxent.ops.cross_entropy import spec
+
+    kind = spec.PROBS if target.dtype.is_floating_point else spec.INDEX
+    denominator = spec.mean_denominator(xp, kind, target, weight, ignore_index, target.shape[0], torch.float32,
+                                        num_classes=num_classes, device=target.device)
+    return spec.gradient_scale(xp, denominator, torch.float32, target.device)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat.numpy as xp
 import numpy as np
 
 from softxent import _validation as v
 from softxent._arrays import as_float_array
+from softxent.ops.cross_entropy import spec
 
 
 def entropy(p: Any, axis: Any = -1) -> np.ndarray:
@@ -71,8 +73,5 @@ def kl_divergence(p: Any, q: Any, axis: Any = -1) -> np.ndarray:
 def check_probabilities(p: Any, name: str) -> np.ndarray:
     """p as a float array whose entries are finite and >= 0 (API rule 7), else a ValueError."""
     p = as_float_array(p, name)
-    bad = ~(p >= 0) | np.isinf(p)
-    if bad.any():
-        position = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise v.bad_probability_error(float(p[position]), position, name)
+    spec.check_probabilities(xp, p, name)
     return p

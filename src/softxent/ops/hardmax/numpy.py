@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat.numpy as xp
 import numpy as np
 
 from softxent import _validation as v
 from softxent._arrays import Rows, as_float_array, as_label_array
+from softxent.ops.cross_entropy import spec
 
 
 def hardmax(x: Any, axis: Any = -1) -> np.ndarray:
@@ -59,17 +61,8 @@ def one_hot(labels: Any, num_classes: int, *, axis: int = -1, dtype: Any = np.fl
     """
     labels = as_label_array(labels, "labels")
     num_classes = v.check_integer(num_classes, "num_classes", minimum=0)
-    check_labels(labels, num_classes, ignore_index=None, name="labels")
+    spec.check_labels(xp, labels, num_classes, ignore_index=None, name="labels")
     out_axis = v.normalize_axes(axis, labels.ndim + 1)[0]
     classes = np.arange(num_classes).reshape((-1,) + (1,) * (labels.ndim - out_axis))
     return (np.expand_dims(labels, out_axis) == classes).astype(dtype)
 
-
-def check_labels(labels: np.ndarray, num_classes: int, ignore_index: int | None, name: str = "target") -> None:
-    """Every label in [0, num_classes) or equal to ignore_index (API rule 7), else a ValueError."""
-    bad = (labels < 0) | (labels >= num_classes)
-    if ignore_index is not None:
-        bad &= labels != ignore_index
-    if bad.any():
-        position = tuple(int(p) for p in np.argwhere(bad)[0])
-        raise v.bad_label_error(labels[position], position, num_classes, ignore_index, name)

@@ -19,7 +19,8 @@ from softxent._torch import backend as _backend
 from softxent._torch import checks as _checks
 from softxent._torch.matmul import addmm_float32_
 from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype
-from softxent.ops.cross_entropy.torch import gradient_scale, mean_denominator, reduce_losses
+from softxent.ops.cross_entropy import spec
+from softxent.ops.cross_entropy.torch import denominator, xp
 
 # chunk_size=None: a chunk of logits holds about a quarter of the gradients' own size (at least 16 MiB,
 # so the matrix products run at full speed), and never more than an eighth of the free memory.
@@ -31,8 +32,9 @@ _FREE_SHARE = 1 / 8
 def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor, *,
                          linear_bias: torch.Tensor | None = None, weight: torch.Tensor | None = None,
                          ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
-                         z_loss: float = 0.0, softcap: float | None = None, chunk_size: int | None = None,
-                         float32_weight_grad: bool = True, check_labels: bool = True):
+                         z_loss: float = 0.0, softcap: float | None = None, temperature: float = 1.0,
+                         num_items=None, chunk_size: int | None = None, float32_weight_grad: bool = True,
+                         check_labels: bool = True):
     """``cross_entropy(input @ linear_weight.T + linear_bias, target)``, never holding the (N, V) logits.
 
     The rows of `input` go through in chunks: each chunk's logits are computed once, turned into their
@@ -44,14 +46,15 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
     so the backward runs the chunks again (the logits are computed twice).
 
     Keyword names follow torch.nn.functional.linear_cross_entropy; every option of
-    `softxent.torch.cross_entropy` applies with the same semantics (API.md).
+    `softxent.torch.cross_entropy` applies with the same semantics (`softxent.ops.cross_entropy.spec`).
 
     Args:
         input: (..., D) hidden states (the rows); floating point.
         linear_weight: (V, D), the head's weight.
         target: class indices of shape input.shape[:-1], or probabilities of shape input.shape[:-1] + (V,).
         linear_bias: (V,) or None.
-        weight, ignore_index, reduction, label_smoothing, z_loss, softcap: as `cross_entropy`.
+        weight, ignore_index, reduction, label_smoothing, z_loss, softcap, temperature, num_items: as
+            `cross_entropy`.
         chunk_size: rows per chunk; None chooses from the shapes and the free memory.
         float32_weight_grad: extension. A 16-bit weight's gradient is accumulated over the chunks in
             float32 (then rounded once to the weight's dtype); False accumulates in the weight's dtype.
@@ -75,13 +78,14 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
         Wijmans et al. 2024, "Cut your losses in large-vocabulary language models".
     """
     options = LossOptions(weight=weight, ignore_index=ignore_index, reduction=reduction,
-                          label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+                          label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, temperature=temperature)
     chunk_size = v.check_chunk_size(chunk_size)
     _check_arguments(input, linear_weight, target, linear_bias, weight)
+    num_items = spec.check_num_items(num_items, options.reduction)
     needs = tuple(t is not None and t.requires_grad for t in (input, linear_weight, linear_bias))
     want_grad = torch.is_grad_enabled() and any(needs)
     call = _Call(want_grad=want_grad, needs=needs, chunk_size=chunk_size, float32_weight_grad=bool(float32_weight_grad),
-                 check=bool(check_labels))
+                 check=bool(check_labels), num_items=num_items)
     return _LinearCrossEntropyFunction.apply(input, linear_weight, linear_bias, target, options, call)
 
 
@@ -99,10 +103,12 @@ class LinearCrossEntropyLoss(nn.Module):
 
     def __init__(self, weight: torch.Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0, *, z_loss: float = 0.0, softcap: float | None = None,
-                 chunk_size: int | None = None, float32_weight_grad: bool = True, check_labels: bool = True):
+                 temperature: float = 1.0, chunk_size: int | None = None, float32_weight_grad: bool = True,
+                 check_labels: bool = True):
         super().__init__()
         LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                    z_loss=z_loss, softcap=softcap)
+                    z_loss=z_loss, softcap=softcap, temperature=temperature)
+        self.temperature = temperature
         self.register_buffer("weight", weight)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
         self.z_loss, self.softcap, self.chunk_size = z_loss, softcap, v.check_chunk_size(chunk_size)
@@ -112,7 +118,7 @@ class LinearCrossEntropyLoss(nn.Module):
         return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
                                     ignore_index=self.ignore_index, reduction=self.reduction,
                                     label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
-                                    chunk_size=self.chunk_size, float32_weight_grad=self.float32_weight_grad,
+                                    temperature=self.temperature, chunk_size=self.chunk_size, float32_weight_grad=self.float32_weight_grad,
                                     check_labels=self.check_labels)
 
 
@@ -143,7 +149,7 @@ def _check_arguments(input, linear_weight, target, linear_bias, weight) -> None:
         if linear_bias.dtype != input.dtype:
             raise TypeError(f"linear_bias must have input's dtype {input.dtype}; got {linear_bias.dtype}")
     logits_shape = tuple(input.shape[:-1]) + (num_classes,)
-    v.check_target(logits_shape, target, len(logits_shape) - 1, logits_name="the logits")
+    spec.check_target(logits_shape, target, len(logits_shape) - 1, logits_name="the logits")
     _checks.check_weight_argument(weight, num_classes)
     for name, tensor in (("linear_weight", linear_weight), ("target", target), ("linear_bias", linear_bias),
                          ("weight", weight)):
@@ -161,6 +167,7 @@ class _Call:
     chunk_size: int | None
     float32_weight_grad: bool
     check: bool
+    num_items: object = None
 
 
 def choose_chunk_size(num_rows: int, num_classes: int, features: int, dtype: torch.dtype,
@@ -192,30 +199,20 @@ def linear_cross_entropy_forward(input, linear_weight, linear_bias, target, opti
     """(loss, losses, grads): the reduced loss, per-row losses, and (dx, dw, dbias) of the returned loss
     (or Nones: no gradient, or reduction "none", whose gradients wait for the backward)."""
     num_classes, features = linear_weight.shape
-    denominator = None
-    if options.reduction == "mean":
-        denominator = _denominator(input, target, options, num_classes)
-    grad_scale = gradient_scale(denominator, accumulation_dtype(input.dtype), input.device)
+    acc = accumulation_dtype(input.dtype)
+    # the logits would be input.shape[:-1] + (V,): one row per row of input
+    denom = denominator(target, options, call.num_items, num_classes=num_classes,
+                        num_rows=input.numel() // max(1, features), dtype=acc, device=input.device)
+    grad_scale = spec.gradient_scale(xp, denom, acc, input.device)
     fused = call.want_grad and options.reduction != "none"
     losses, dx, dw, dbias = torch.ops.softxent.linear_cross_entropy(
-        input, linear_weight, linear_bias, target, *_option_args(options), grad_scale, None,
+        input, linear_weight, linear_bias, target, options.weight, options.encode(), grad_scale, None,
         fused and call.needs[0], fused and call.needs[1], fused and call.needs[2], _chunk(call, input, linear_weight),
         call.float32_weight_grad, call.check)
-    loss = reduce_losses(losses, options.reduction, denominator)
+    loss = spec.reduce(xp, losses, options.reduction, denom)
     grads = tuple(g if want else None for g, want in zip((dx, dw, dbias), call.needs)) if fused \
         else (None, None, None)
     return loss.to(input.dtype), grads
-
-
-def _denominator(input, target, options, num_classes):
-    # the logits would be input.shape[:-1] + (V,): one row per row of input
-    return mean_denominator(target, options.weight, options.ignore_index, num_classes=num_classes,
-                            num_rows=input.numel() // max(1, input.shape[-1]), dtype=accumulation_dtype(input.dtype),
-                            device=input.device)
-
-
-def _option_args(options: LossOptions):
-    return (options.weight, options.ignore_index, options.label_smoothing, options.z_loss, options.softcap)
 
 
 def _chunk(call: _Call, input, linear_weight) -> int:
@@ -266,7 +263,7 @@ def linear_cross_entropy_backward(input, linear_weight, linear_bias, target, gra
     """reduction "none": the chunks again, each row's gradient scaled by its upstream gradient."""
     grad_scale = torch.ones((), dtype=accumulation_dtype(input.dtype), device=input.device)
     _, dx, dw, dbias = torch.ops.softxent.linear_cross_entropy(
-        input, linear_weight, linear_bias, target, *_option_args(options), grad_scale,
+        input, linear_weight, linear_bias, target, options.weight, options.encode(), grad_scale,
         grad_loss.reshape(-1), *call.needs, _chunk(call, input, linear_weight), call.float32_weight_grad, False)
     return tuple(g if want else None for g, want in zip((dx, dw, dbias), call.needs))
 
@@ -274,11 +271,10 @@ def linear_cross_entropy_backward(input, linear_weight, linear_bias, target, gra
 # --- the op: chunks of rows through the row kernel, opaque to torch.compile -------------------------------
 
 
-def _chunked(input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, z_loss, softcap,
-             grad_scale, row_grad, need_dx, need_dw, need_dbias, chunk_size, float32_weight_grad, check):
+def _chunked(input, linear_weight, linear_bias, target, weight, options: LossOptions, grad_scale, row_grad,
+             need_dx, need_dw, need_dbias, chunk_size, float32_weight_grad, check):
     """Per-row losses and the three gradients (empty where not needed), a chunk of rows at a time."""
-    options = LossOptions(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
-                          softcap=softcap)
+    ignore_index = options.ignore_index
     num_classes, features = linear_weight.shape
     rows = input.reshape(-1, features)
     num_rows = rows.shape[0]
@@ -335,19 +331,16 @@ def _chunked(input, linear_weight, linear_bias, target, weight, ignore_index, la
 
 @torch.library.custom_op("softxent::linear_cross_entropy", mutates_args=())
 def _linear_cross_entropy_op(input: torch.Tensor, linear_weight: torch.Tensor, linear_bias: torch.Tensor | None,
-                             target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
-                             label_smoothing: float, z_loss: float, softcap: float | None,
+                             target: torch.Tensor, weight: torch.Tensor | None, options: list[float],
                              grad_scale: torch.Tensor, row_grad: torch.Tensor | None, need_dx: bool, need_dw: bool,
                              need_dbias: bool, chunk_size: int, float32_weight_grad: bool, check: bool
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _chunked(input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, z_loss,
-                    softcap, grad_scale, row_grad, need_dx, need_dw, need_dbias, chunk_size, float32_weight_grad,
-                    check)
+    return _chunked(input, linear_weight, linear_bias, target, weight, LossOptions.decode(options), grad_scale,
+                    row_grad, need_dx, need_dw, need_dbias, chunk_size, float32_weight_grad, check)
 
 
 @_linear_cross_entropy_op.register_fake
-def _(input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, z_loss, softcap,
-      grad_scale, row_grad, need_dx, need_dw, need_dbias, chunk_size, float32_weight_grad, check):
+def _(input, linear_weight, linear_bias, target, weight, options, grad_scale, row_grad, need_dx, need_dw, need_dbias, chunk_size, float32_weight_grad, check):
     losses = input.new_empty(input.shape[:-1], dtype=accumulation_dtype(input.dtype))
     dx = torch.empty_like(input) if need_dx else input.new_empty(0)
     dw = torch.empty_like(linear_weight) if need_dw else linear_weight.new_empty(0)

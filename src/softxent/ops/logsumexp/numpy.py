@@ -23,7 +23,7 @@ NaN anywhere in a row makes the whole row NaN.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -68,8 +68,15 @@ def shift_rows(x: np.ndarray, out: np.ndarray) -> Shift:
                  infinite if infinite is not None and infinite.size else None)
 
 
-def exp_log_sum(shifted: np.ndarray, first: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """out = exp(shifted); returns L = log(sum exp(shifted)) per row, exact via log1p, and the sum.
+class ExpSums(NamedTuple):
+    log_sum: np.ndarray  # L = log(sum_j e_j)
+    total: np.ndarray  # sum_j e_j
+    rest: np.ndarray  # sum_{j != first} e_j
+
+
+def exp_log_sum(shifted: np.ndarray, first: np.ndarray, out: np.ndarray) -> "ExpSums":
+    """out = exp(shifted); returns L = log(sum exp(shifted)) per row (exact via log1p), the sum, and the
+    sum without the max's own term (what a gradient at the max needs instead of 1 - p, which cancels).
 
     `out` may be `shifted` itself (in place). `first` is the column holding each row's 0 (its maximum).
     """
@@ -81,7 +88,7 @@ def exp_log_sum(shifted: np.ndarray, first: np.ndarray, out: np.ndarray) -> tupl
     out[rows, first] = top
     total = top + rest
     with np.errstate(divide="ignore"):  # log(0) = -inf for fully masked rows is the intended limit
-        return np.where(top == 1.0, np.log1p(rest), np.log(total)), total
+        return ExpSums(np.where(top == 1.0, np.log1p(rest), np.log(total)), total, rest)
 
 
 def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, keepdims: bool = False,

@@ -39,7 +39,7 @@ def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = No
     def probabilities(out: np.ndarray, shift: Shift, scratch: np.ndarray, spare: np.ndarray) -> None:
         # the sum without the max's own 1, then 1 + rest: adding a million tiny terms onto 1 one by
         # one would round at every step
-        _, total = exp_log_sum(scratch, shift.first, scratch)
+        total = exp_log_sum(scratch, shift.first, scratch).total
         if shift.masked is not None:
             total[shift.masked] = 1.0  # a row of zeros stays zeros
         np.divide(scratch, total.astype(scratch.dtype)[:, None], out=out, casting="unsafe")
@@ -68,7 +68,7 @@ def log_softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any 
         array([-2.4076, -1.4076, -0.4076])
     """
     def log_probabilities(out: np.ndarray, shift: Shift, scratch: np.ndarray, spare: np.ndarray) -> None:
-        log_sum, _ = exp_log_sum(scratch, shift.first, spare)
+        log_sum = exp_log_sum(scratch, shift.first, spare).log_sum
         if shift.masked is not None:
             log_sum[shift.masked] = 0.0  # -inf - 0 keeps the masked row at -inf, never NaN
         np.subtract(scratch, log_sum[:, None], out=out, casting="unsafe")

@@ -16,8 +16,7 @@ package imports triton; softxent.torch imports it only for CUDA tensors.
 
 from softxent._triton.config import CONFIG, SUPPORTED_DTYPES, KernelConfig, configured
 from softxent._triton.labels import check_labels, watch_target
-from softxent.torch.triton._reduction import mean_scale
-from softxent.ops.cross_entropy.triton import cross_entropy_forward, cross_entropy_rows
+from softxent.ops.cross_entropy.triton import cross_entropy_forward, cross_entropy_rows, mean_scale
 from softxent.ops.softmax.triton import (log_softmax_backward_rows, log_softmax_rows, softmax_backward, softmax_backward_rows,
                       softmax_forward, softmax_rows)
 
