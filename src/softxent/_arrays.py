@@ -41,7 +41,8 @@ def accurate_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def fast_dtype(dtype: np.dtype) -> np.dtype:
-    """Where probabilities are computed: float16 is accumulated in float32 (API rule 8), others as given."""
+    """Where probabilities are computed: float16 is accumulated in float32 (rule 8 of docs/semantics.md),
+    others as given."""
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
 
 

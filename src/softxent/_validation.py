@@ -1,7 +1,7 @@
 """Argument checks shared by every layer.
 
 NumPy, torch and the command line call these functions, so the same mistake gets the same message
-everywhere. Each error names the argument, what was expected and what was received (API.md, rule 10).
+everywhere. Each error names the argument, what was expected and what was received (rule 10 of docs/semantics.md).
 
 The checks work on plain Python values, shapes and dtype kinds, so this module imports neither NumPy
 arrays' nor torch's machinery: a backend computes a value check with its own ops (which labels are out

@@ -93,7 +93,7 @@ def backend_for(logits: torch.Tensor) -> RowKernel:
 
 
 def check_labels(target: torch.Tensor, num_classes: int, ignore_index: int, logits: torch.Tensor) -> None:
-    """API rule 7 for class indices: at once on the PyTorch path; on CUDA without a host sync.
+    """Rule 7 (docs/semantics.md) for class indices: at once on the PyTorch path; on CUDA without a host sync.
 
     On the Triton path the check runs on the device and the ValueError comes at the next call (or at
     `softxent.torch.triton.check_labels()`); meanwhile the rows with a bad label have a NaN loss and
@@ -109,7 +109,7 @@ def check_labels(target: torch.Tensor, num_classes: int, ignore_index: int, logi
 
 def check_values(target: torch.Tensor, weight: torch.Tensor | None, num_classes: int, ignore_index: int,
                  logits: torch.Tensor) -> None:
-    """API rule 7 on the values: class indices (`check_labels`), probabilities, class weights."""
+    """Rule 7 (docs/semantics.md) on the values: class indices (`check_labels`), probabilities, class weights."""
     if target.dtype.is_floating_point:
         spec.check_probabilities(xp, target)
     else:

@@ -9,7 +9,7 @@ How the flag reaches the user (CONFIG.label_check, or cross_entropy_rows' `label
 
 - "lazy" (default): the flag is copied to pinned host memory behind the kernel (non_blocking) with a
   CUDA event. Every later call first asks the events that have completed, without waiting, and raises
-  the ValueError of API.md rule 7 for the earliest bad call; `check_labels()` waits for all of them. The
+  the ValueError of rule 7 of docs/semantics.md for the earliest bad call; `check_labels()` waits for all of them. The
   hot path never synchronises: the step with the bad label reports NaN, the next call raises. This is
   the GPU analogue of PyTorch's device-side assert without killing the CUDA context.
 - "sync": `flag.item()` right after the launch, raising in the same call (one host synchronisation).

@@ -19,7 +19,7 @@ and the loss ``L - d_target`` exact when one class dominates and the sum is 1 + 
 Higham 2021), as in the NumPy layer's _rowmath. The empty state ``(-inf, -1, 0, 0)`` is the identity of
 `combine`, so a chunk with no columns is harmless.
 
-Limits (API.md rules 2 and 3): ``z_j - m`` is taken as 0 where ``z_j == m``, so a row holding +inf has
+Limits (rules 2 and 3 of docs/semantics.md): ``z_j - m`` is taken as 0 where ``z_j == m``, so a row holding +inf has
 d = 0 at its +inf entries and -inf elsewhere (the +inf entries share the mass), and a fully masked row
 never computes -inf - -inf. NaN anywhere reaches `rest` through exp and makes the row NaN.
 

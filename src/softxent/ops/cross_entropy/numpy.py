@@ -28,7 +28,7 @@ def cross_entropy(logits: Any, target: Any, *, axis: int = -1, weight: Any = Non
     and the loss stays exact (within 2 ulp in float32, 4 ulp in float64) even at 1e-10, where the target
     dominates. For probability targets p the loss is ``-sum_j p_j log softmax(x)_j`` with 0 log 0 = 0;
     cross-entropy between distributions p and q is ``cross_entropy(log(q), p) = entropy(p) +
-    kl_divergence(p, q)``. Options apply in PyTorch's way (API.md rules 5-7):
+    kl_divergence(p, q)``. Options apply in PyTorch's way (rules 5-7 of docs/semantics.md):
 
     - `softcap` c: logits become ``c * tanh(logits / c)`` first (Gemma 2); then `temperature` T divides them.
     - `weight` w: the loss of a row with target t is scaled by ``w_t`` (probability targets: ``w_j`` inside

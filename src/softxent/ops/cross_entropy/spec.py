@@ -5,7 +5,7 @@ gets its problem from here, resolved, and only computes rows. This module decide
 
 - the target's kind: class indices (the logits' shape without the class axis, integer dtype) or class
   probabilities (the logits' shape, floating dtype) -- `check_target`;
-- the value checks (API rule 7): labels in [0, C) or `ignore_index`, probabilities >= 0 and not NaN,
+- the value checks (rule 7 of docs/semantics.md): labels in [0, C) or `ignore_index`, probabilities >= 0 and not NaN,
   class weights finite and >= 0 -- `check_labels`, `check_probabilities`, `check_weight`;
 - the target's coefficients a_j, with which the loss of a row is ``sum_j a_j (lse - z_j)``:
   class index t: ``a = (1 - eps) w_t onehot(t) + (eps / C) w`` (PyTorch's label smoothing, weighted);

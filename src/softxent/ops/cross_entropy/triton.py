@@ -448,7 +448,7 @@ def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: Optio
             gradient then overwrites the logits, zero extra memory). None: no gradient work at all.
         label_check: "lazy", "sync" or "off" (None: CONFIG.label_check); see _labels. Class indices
             outside [0, C) always give NaN loss and gradient on their row; the check turns them into the
-            ValueError of API.md rule 7, at once ("sync") or at a later call ("lazy").
+            ValueError of rule 7 of docs/semantics.md, at once ("sync") or at a later call ("lazy").
         label_shape: shape of the caller's target before flattening, to name a bad label's position.
 
     Returns:

@@ -71,7 +71,7 @@ def kl_divergence(p: Any, q: Any, axis: Any = -1) -> np.ndarray:
 
 
 def check_probabilities(p: Any, name: str) -> np.ndarray:
-    """p as a float array whose entries are finite and >= 0 (API rule 7), else a ValueError."""
+    """p as a float array whose entries are finite and >= 0 (rule 7 of docs/semantics.md), else a ValueError."""
     p = as_float_array(p, name)
     spec.check_probabilities(xp, p, name)
     return p

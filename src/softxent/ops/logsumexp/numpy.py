@@ -13,7 +13,7 @@ Summing without the maximum's own term (which is exactly 1) and taking log1p is 
 lse = m + L and the loss L - d_target, accurate to the last bit when one class dominates and the sum is
 1 + tiny (Blanchard, Higham & Higham 2021, "Accurately computing the log-sum-exp and softmax functions").
 
-The limits of API.md rules 2 and 3 are handled here, once:
+The limits of rules 2 and 3 of docs/semantics.md are handled here, once:
 - a fully masked row (every entry -inf) keeps shift 0, so e = 0 and L = -inf, never -inf - -inf = NaN;
 - a row holding +inf is replaced by its limit: 0 at the +inf entries, -inf elsewhere, so the +inf
   entries share the mass equally; its log-sum-exp is +inf.
