@@ -101,11 +101,23 @@ def measure(run: Callable[[], Any], device: str, min_time: float = 1.0, max_repe
     return {"time_s": statistics.median(times), "peak_extra_bytes": max(0, int(peak)), "repeats": len(times)}
 
 
+QUICK_MIN_TIME = 0.1  # seconds of timing per provider under --quick: a smoke run, not a measurement
+_smoke_run = False  # set by main() from --quick, for providers to read through smoke_run()
+
+
+def smoke_run() -> bool:
+    """True under --quick: a provider may skip what costs more than the smoke run is worth (say why)."""
+    return _smoke_run
+
+
 def _child(providers: dict[str, Provider], cases: dict[str, dict], provider: str, case: str,
-           device: str) -> None:
+           device: str, quick: bool = False) -> None:
     try:
         run = providers[provider](cases[case], device)
-        row = measure(run, device)
+        # --quick: time for a tenth of a second (still at least 3 calls), so the whole
+        # `softxent bench --quick` stays within a minute on a 2-core machine
+        row = measure(run, device, min_time=min(QUICK_MIN_TIME, measure.__defaults__[0])) if quick else \
+            measure(run, device)
     except Unavailable as why:
         row = {"skipped": str(why)}
     print("RESULT " + json.dumps(row), flush=True)
@@ -190,8 +202,10 @@ def main(op: str, cases: dict[str, dict], quick_cases: dict[str, dict], provider
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     chosen_cases = quick_cases if args.quick else cases
+    global _smoke_run
+    _smoke_run = args.quick
     if args.child:
-        _child(providers, chosen_cases, args.child, args.case, args.device)
+        _child(providers, chosen_cases, args.child, args.case, args.device, args.quick)
         return []
 
     names = list(providers) if args.providers is None else args.providers.split(",")

@@ -95,12 +95,68 @@ def test_a_failing_script_is_reported_and_the_others_still_run(tmp_path, capsys)
     assert {r["script"] for r in read(tmp_path / "out" / "bench-cpu.csv")} == {"bench_alpha", "bench_beta"}
 
 
-def test_cuda_without_a_gpu_skips_cleanly(tmp_path, monkeypatch, capsys):
+def test_cuda_without_a_gpu_is_an_error_with_status_2(tmp_path, monkeypatch, capsys):
+    """Regression: `--device cuda` without a GPU printed a message and exited 0, as if it had run."""
     folder = fake_benchmarks(tmp_path / "benchmarks")
     monkeypatch.setattr(bench, "cuda_available", lambda: (False, "torch.cuda.is_available() is False"))
-    assert main(["bench", "--device", "cuda", "--benchmarks", str(folder), "--out", str(tmp_path / "out")]) == 0
-    assert "skipping --device cuda: no CUDA device here" in capsys.readouterr().out
-    assert not (tmp_path / "out").exists()
+    assert main(["bench", "--device", "cuda", "--benchmarks", str(folder), "--out", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == ("softxent bench: error: --device cuda: no CUDA device here "
+                            "(torch.cuda.is_available() is False); nothing was run\n")
+    assert captured.out == "" and not (tmp_path / "out").exists()
+
+
+def test_gpu_scripts_are_skipped_on_the_cpu_with_one_line(tmp_path, capsys):
+    """Regression: on a machine without CUDA, the bench_gpu_*.py scripts ran (slowly) on the CPU."""
+    folder = fake_benchmarks(tmp_path / "benchmarks", names=("bench_alpha.py", "bench_gpu_beta.py", "bench_gpu_gamma.py"))
+    out = tmp_path / "out"
+    assert main(["bench", "--quick", "--benchmarks", str(folder), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skipping 2 GPU scripts on --device cpu (bench_gpu_beta.py, bench_gpu_gamma.py)") == 1
+    assert printed.count("GPU script") == 1 and "[1/1] bench_alpha.py" in printed
+    assert {r["script"] for r in read(out / "bench-cpu.csv")} == {"bench_alpha"}
+    assert main(["bench", "--only", "gpu", "--benchmarks", str(folder), "--out", str(out)]) == 2
+    assert "every script chosen is a GPU script" in capsys.readouterr().err
+
+
+def test_quick_is_a_short_smoke_run(tmp_path, capsys):
+    """`--quick` must finish within a minute on a 2-core machine: each provider is timed for 0.1 s (not
+    1 s), and torch.compile, whose CPU build alone takes ~15 s, is skipped with a reason."""
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    if not (benchmarks / "harness.py").exists():
+        pytest.skip("no benchmarks/ in this checkout")
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    shutil.copy(benchmarks / "harness.py", folder / "harness.py")
+    (folder / "bench_sleep.py").write_text(textwrap.dedent("""
+        import time
+        import harness
+        CASES = QUICK = {"nap": {}}
+        def make_nap(case, device):
+            return lambda: time.sleep(0.005)
+        if __name__ == "__main__":
+            harness.main("nap", CASES, QUICK, {"softxent": make_nap})
+    """))
+    assert main(["bench", "--quick", "--benchmarks", str(folder), "--out", str(tmp_path / "out")]) == 0
+    repeats = int(read(tmp_path / "out" / "bench-cpu.csv")[0]["repeats"])
+    assert 3 <= repeats <= 25, repeats  # 0.1 s of 5 ms naps; a full run's 1 s would give 50
+    pytest.importorskip("torch")
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(benchmarks))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_torch_ce", benchmarks / "bench_torch_cross_entropy.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        import harness
+
+        harness._smoke_run = True
+        with pytest.raises(harness.Unavailable, match="--quick"):
+            script.make_torch_compile(script.QUICK["256x1000-float32"], "cpu")
+    finally:
+        sys.path.remove(str(benchmarks))
+        sys.modules.pop("harness", None)
 
 
 def test_bench_reads_what_the_real_harness_writes(tmp_path, capsys):

@@ -12,7 +12,8 @@ name, with no change here; columns a script adds (bytes moved, GB/s) are carried
 
 The benchmarks live in the repository, not in the installed package: they are looked for in
 ./benchmarks, then beside the package source (an editable install's checkout), or where --benchmarks
-points.
+points. Scripts named bench_gpu_*.py measure CUDA kernels: on --device cpu they are skipped, with one
+line saying so; --device cuda where there is no CUDA device is an error (exit status 2).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ BANDWIDTH = re.compile(r"gb.*s|bandwidth", re.IGNORECASE)  # gb_per_s, GB/s, gbp
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small shapes: a smoke run in seconds per script")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="where to run (default cpu); cuda is skipped, with a message, where there is none")
+                        help="where to run (default cpu; the bench_gpu_*.py scripts run only on cuda, which is "
+                             "an error where there is no CUDA device)")
     parser.add_argument("--out", type=Path, default=Path("softxent-out/bench"), metavar="DIR",
                         help="folder for each script's results, the combined CSV and the plot "
                              "(default softxent-out/bench)")
@@ -62,10 +64,18 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "cuda":
         available, why = cuda_available()
         if not available:
-            print(f"softxent bench: skipping --device cuda: no CUDA device here ({why}); nothing was run")
-            return 0
-
+            raise UsageError(f"--device cuda: no CUDA device here ({why}); nothing was run")
     console = _console()
+    if args.device == "cpu":
+        gpu_only = [s for s in scripts if is_gpu_script(s)]
+        scripts = [s for s in scripts if not is_gpu_script(s)]
+        if gpu_only:
+            console.print(f"skipping {len(gpu_only)} GPU script{'s' if len(gpu_only) > 1 else ''} on --device cpu "
+                          f"({', '.join(s.name for s in gpu_only)}): they measure CUDA kernels; run them with "
+                          "--device cuda on a machine with a GPU")
+        if not scripts:
+            raise UsageError("nothing to run on --device cpu: every script chosen is a GPU script (bench_gpu_*.py)")
+
     raw = args.out / f"raw-{args.device}"
     failures = []
     rows = []
@@ -127,6 +137,11 @@ def find_benchmarks(explicit: Path | None) -> Path:
                      + " and ".join(str(c) for c in dict.fromkeys(candidates))
                      + "); the benchmark scripts live in the softxent repository, not in the installed package: "
                        "run from a clone of it, or pass --benchmarks DIR")
+
+
+def is_gpu_script(script: Path) -> bool:
+    """bench_gpu_*.py: CUDA kernels against CUDA peers; on a CPU they would only time the fallbacks."""
+    return script.name.startswith("bench_gpu_")
 
 
 def cuda_available() -> tuple[bool, str]:
