@@ -18,8 +18,8 @@ _CHUNK_ELEMENTS = 1 << 22
 
 def linear_cross_entropy(x: Any, w: Any, target: Any, *, bias: Any = None, weight: Any = None,
                          ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
-                         z_loss: float = 0.0, softcap: float | None = None, chunk_size: int | None = None,
-                         return_grad: bool = False):
+                         z_loss: float = 0.0, softcap: float | None = None, temperature: float = 1.0,
+                         num_items: Any = None, chunk_size: int | None = None, return_grad: bool = False):
     """Cross-entropy of a linear layer's logits, ``cross_entropy(x @ w.T + bias, target)``, chunked.
 
     The logits of softmax regression and of an LLM head are (rows, V); this never holds more than
@@ -34,7 +34,8 @@ def linear_cross_entropy(x: Any, w: Any, target: Any, *, bias: Any = None, weigh
         w: the layer's weight, shape (V, D).
         target: class indices of shape x.shape[:-1], or probabilities of shape x.shape[:-1] + (V,).
         bias: the layer's bias, shape (V,), or None.
-        weight, ignore_index, reduction, label_smoothing, z_loss, softcap: as `cross_entropy`.
+        weight, ignore_index, reduction, label_smoothing, z_loss, softcap, temperature, num_items: as
+            `cross_entropy`.
         chunk_size: rows of logits per chunk; None picks about 8M logits per chunk.
         return_grad: also return the gradients ``(dx, dw, dbias)`` of the returned loss (for
             ``"none"``, of its sum); `dbias` is None without a bias.
@@ -51,7 +52,7 @@ def linear_cross_entropy(x: Any, w: Any, target: Any, *, bias: Any = None, weigh
         True
     """
     options = LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                          z_loss=z_loss, softcap=softcap)
+                          z_loss=z_loss, softcap=softcap, temperature=temperature)
     chunk_size = v.check_chunk_size(chunk_size)
     x, w, bias = _checked_layer(x, w, bias)
     num_classes, features = w.shape
@@ -62,7 +63,7 @@ def linear_cross_entropy(x: Any, w: Any, target: Any, *, bias: Any = None, weigh
 
     logits_shape = x.shape[:-1] + (num_classes,)
     problem = CrossEntropyRows.build(logits_shape, num_classes, target, weight, options, x.ndim - 1,
-                                     to_rows=lambda a: a.reshape(-1, num_classes))
+                                     to_rows=lambda a: a.reshape(-1, num_classes), num_items=num_items)
     scale = problem.grad_scale()
     chunk = chunk_size or max(1, _CHUNK_ELEMENTS // max(1, num_classes))
     chunk = min(chunk, max(1, num_rows))

@@ -71,7 +71,10 @@ def log_softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any 
         log_sum = exp_log_sum(scratch, shift.first, spare).log_sum
         if shift.masked is not None:
             log_sum[shift.masked] = 0.0  # -inf - 0 keeps the masked row at -inf, never NaN
-        np.subtract(scratch, log_sum[:, None], out=out, casting="unsafe")
+        # worked in float64, a log-probability can lie below float32's range (-6e38 for [3e38, 0] at T =
+        # 0.5): -inf is the float32 it rounds to, so that overflow on the way out is the answer, not an error
+        with np.errstate(over="ignore"):
+            np.subtract(scratch, log_sum[:, None], out=out, casting="unsafe")
 
     return _rowwise(x, axis, temperature, where, accurate_dtype, log_probabilities, spare=True)
 
