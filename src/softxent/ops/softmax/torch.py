@@ -73,7 +73,7 @@ def softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3, d
     References:
         Milakov & Gimelshein 2018, "Online normalizer calculation for softmax".
     """
-    x, dim, temperature = _prepare("softmax", input, dim, _stacklevel + 1, dtype, temperature, where)
+    x, dim, temperature = _prepare("softmax", input, dim, _stacklevel, dtype, temperature, where)
     if _backend.uses_triton(x):
         return _TritonRows.apply(x, dim, temperature, False)
     return _Softmax.apply(x, dim, temperature)
@@ -101,7 +101,7 @@ def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 
     References:
         Blanchard, Higham & Higham 2021, "Accurately computing the log-sum-exp and softmax functions".
     """
-    x, dim, temperature = _prepare("log_softmax", input, dim, _stacklevel + 1, dtype, temperature, where)
+    x, dim, temperature = _prepare("log_softmax", input, dim, _stacklevel, dtype, temperature, where)
     if _backend.uses_triton(x):
         return _TritonRows.apply(x, dim, temperature, True)
     return _LogSoftmax.apply(x, dim, temperature)
@@ -148,9 +148,19 @@ def autocast_input(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def check_temperature(temperature) -> float:
+    """`_validation.check_temperature`, which dynamo cannot trace (math.isfinite on a float it made symbolic
+    under dynamic=True): while compiling, the same rule by comparisons, the check itself only to raise."""
+    if torch.compiler.is_compiling() and not isinstance(temperature, bool) and isinstance(temperature, float):
+        if not 0.0 < temperature < _INF:
+            v.check_temperature(temperature)
+        return temperature
+    return v.check_temperature(temperature)
+
+
 def _prepare(name, input, dim, stacklevel, dtype, temperature, where):
     _check_input(input)
-    temperature = v.check_temperature(temperature)
+    temperature = check_temperature(temperature)
     if dim is None:  # torch's implicit choice, with torch's warning, pointing at the caller
         if torch.compiler.is_compiling():  # dynamo cannot trace warnings.warn: the choice alone
             dim = 0 if input.dim() in (0, 1, 3) else 1
@@ -189,7 +199,7 @@ def shifted(x: torch.Tensor, dim: int, temperature: float, work: torch.dtype):
 
 def _scale(m: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
     """Per row: 1 / T, or 0 on the constant rows (fully masked, or holding +inf)."""
-    return torch.where(torch.isinf(m), 0.0, 1.0 / temperature).to(dtype)
+    return torch.isfinite(m).to(dtype) * (1.0 / temperature)  # NaN rows: their gradient is NaN anyway
 
 
 class _Softmax(torch.autograd.Function):
@@ -197,7 +207,7 @@ class _Softmax(torch.autograd.Function):
 
     @staticmethod
     def forward(x, dim, temperature):
-        if x.shape[dim] == 0 or x.dim() == 0:
+        if x.dim() == 0 or x.shape[dim] == 0:
             return torch.ones_like(x) if x.dim() == 0 else torch.empty_like(x)
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         d, _, m, _ = shifted(x, dim, temperature, work)
@@ -228,7 +238,7 @@ class _LogSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(x, dim, temperature):
-        if x.shape[dim] == 0 or x.dim() == 0:
+        if x.dim() == 0 or x.shape[dim] == 0:
             return torch.zeros_like(x) if x.dim() == 0 else torch.empty_like(x)
         d, _, m, first = shifted(x, dim, temperature, torch.float64)
         e = torch.exp(d)
