@@ -231,3 +231,35 @@ def reduce(xp, losses, reduction: str, denominator):
     safe = xp.where(denominator > 0, denominator, xp.ones_like(denominator))
     return xp.where(denominator > 0, total / safe, xp.zeros_like(total))
 
+
+
+# --- token log-probabilities and distillation (the RL and distillation losses share the rules above) ------
+#
+# Their rows follow the cross-entropy family's: a row whose class index is `ignore_index` gives 0 and a
+# zero gradient and is not counted; a fully masked row (every logit -inf) gives 0 and a zero gradient;
+# the transforms run softcap -> max shift -> temperature (`transformed_scores`); "mean" divides by the
+# rows not ignored, or by `num_items` (`mean_denominator` with kind INDEX and no class weights, or PROBS
+# with every row counted when no target marks rows). Only the divergence is new.
+
+DIVERGENCES = ("kl", "reverse_kl", "jsd")
+
+
+def check_divergence(divergence: Any, beta: Any) -> tuple[str, float]:
+    """("kl" | "reverse_kl" | "jsd", beta in [0, 1]); the messages name the argument (API rule 10)."""
+    if not isinstance(divergence, str) or divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {', '.join(map(repr, DIVERGENCES))}; got {divergence!r}")
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+        raise TypeError(f"beta must be a real number in [0, 1]; got {type(beta).__name__} {beta!r}")
+    beta = float(beta)
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1]; got {beta!r}")
+    return divergence, beta
+
+
+def row_denominator(xp, labels, ignore_index: int, num_rows: int, dtype, *, num_classes: int,
+                    num_items: Any = None, device: Any = None):
+    """"mean"'s denominator for losses without class weights: the rows not ignored (all rows when
+    `labels` is None: nothing marks rows), or `num_items`."""
+    kind = PROBS if labels is None else INDEX
+    return mean_denominator(xp, kind, labels, None, ignore_index, num_rows, dtype, num_classes=num_classes,
+                            num_items=num_items, device=device)
