@@ -50,7 +50,8 @@ def _real(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {type(value).__name__} {value!r}")
     value = float(value)
-    if not math.isfinite(value):
+    # comparisons, not math.isfinite: torch.compile(dynamic=True) cannot trace math.isfinite (torch 2.13)
+    if not -math.inf < value < math.inf:
         raise ValueError(f"{name} must be finite; got {value!r}")
     return value
 
