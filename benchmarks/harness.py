@@ -12,7 +12,9 @@ builds its inputs before returning `run`, so they are not counted. It raises `Un
 its library or device is missing; the row then says so.
 
 Each (case, provider) runs in its own child process, so one provider's caches, allocator pools or
-compiled graphs never colour another's numbers. The child:
+compiled graphs never colour another's numbers. (Under --quick, a smoke run whose numbers are never
+quoted, one child per case runs the providers one after the other, so that torch is imported once per
+case rather than once per provider.) The child:
 1. builds the inputs and warms up (compiles, autotunes) with `run()` called twice;
 2. measures peak extra memory of one more `run()`: on the CPU the growth of the peak resident set over
    the resident set just before (Linux `VmHWM`, reset through /proc/self/clear_refs, with glibc told to
@@ -112,34 +114,43 @@ def smoke_run() -> bool:
 
 def _child(providers: dict[str, Provider], cases: dict[str, dict], provider: str, case: str,
            device: str, quick: bool = False) -> None:
-    try:
-        run = providers[provider](cases[case], device)
-        # --quick: time for a tenth of a second (still at least 3 calls), so the whole
-        # `softxent bench --quick` stays within a minute on a 2-core machine
-        row = measure(run, device, min_time=min(QUICK_MIN_TIME, measure.__defaults__[0])) if quick else \
-            measure(run, device)
-    except Unavailable as why:
-        row = {"skipped": str(why)}
-    print("RESULT " + json.dumps(row), flush=True)
+    """Measure `provider` (under --quick, a comma-separated list of them) on one case: a RESULT line each."""
+    for name in provider.split(","):
+        try:
+            run = providers[name](cases[case], device)
+            # --quick: time for a tenth of a second (still at least 3 calls), so the whole
+            # `softxent bench --quick` stays within a minute on a 2-core machine
+            row = measure(run, device, min_time=min(QUICK_MIN_TIME, measure.__defaults__[0])) if quick else \
+                measure(run, device)
+            del run  # the next provider's peak is measured from a clean baseline
+        except Unavailable as why:
+            row = {"skipped": str(why)}
+        except Exception as error:  # noqa: BLE001 - several providers share this process: say, go on
+            if not quick:
+                raise
+            row = {"skipped": f"failed: {type(error).__name__}: {str(error)[:200]}"}
+        gc.collect()
+        print("RESULT " + json.dumps(row), flush=True)
 
 
 # --- the parent: every provider, every case ---------------------------------------------------------
 
 
-def _spawn(script: str, provider: str, case: str, device: str, quick: bool, timeout: float) -> dict:
+def _spawn(script: str, providers: list[str], case: str, device: str, quick: bool, timeout: float) -> list[dict]:
+    """One child measuring `providers` on `case` in turn; a row for each, in order."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    command = [sys.executable, script, "--child", provider, "--case", case, "--device", device]
+    command = [sys.executable, script, "--child", ",".join(providers), "--case", case, "--device", device]
     if quick:
         command.append("--quick")
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"skipped": f"timed out after {timeout:.0f} s"}
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+    except subprocess.TimeoutExpired as expired:
+        stdout = expired.stdout.decode() if isinstance(expired.stdout, bytes) else expired.stdout or ""
+        found = [json.loads(line[len("RESULT "):]) for line in stdout.splitlines() if line.startswith("RESULT ")]
+        return found + [{"skipped": f"timed out after {timeout:.0f} s"}] * (len(providers) - len(found))
+    found = [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-    return {"skipped": f"failed: {tail[0][:200]}"}
+    return found + [{"skipped": f"failed: {tail[0][:200]}"}] * (len(providers) - len(found))
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -212,9 +223,12 @@ def main(op: str, cases: dict[str, dict], quick_cases: dict[str, dict], provider
     script = sys.modules["__main__"].__file__
     rows = []
     for case_name, case in chosen_cases.items():
-        for provider in names:
-            row = {"op": op, "case": case_name, "provider": provider,
-                   **_spawn(script, provider, case_name, args.device, args.quick, args.timeout)}
+        # a fresh process per provider; under --quick one per case (see the module's docstring)
+        groups = [names] if args.quick else [[name] for name in names]
+        measured = [row for group in groups
+                    for row in _spawn(script, group, case_name, args.device, args.quick, args.timeout * len(group))]
+        for provider, found in zip(names, measured):
+            row = {"op": op, "case": case_name, "provider": provider, **found}
             if describe is not None and "time_s" in row:
                 row.update(describe(case, row))
             rows.append(row)

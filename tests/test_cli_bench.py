@@ -129,17 +129,27 @@ def test_quick_is_a_short_smoke_run(tmp_path, capsys):
     folder.mkdir()
     shutil.copy(benchmarks / "harness.py", folder / "harness.py")
     (folder / "bench_sleep.py").write_text(textwrap.dedent("""
-        import time
+        import os, pathlib, time
         import harness
         CASES = QUICK = {"nap": {}}
         def make_nap(case, device):
+            with open(pathlib.Path(__file__).with_name("pids.txt"), "a") as f:
+                f.write(f"{os.getpid()}\\n")
             return lambda: time.sleep(0.005)
+        def make_broken(case, device):
+            raise RuntimeError("no such kernel")
         if __name__ == "__main__":
-            harness.main("nap", CASES, QUICK, {"softxent": make_nap})
+            harness.main("nap", CASES, QUICK, {"softxent": make_nap, "again": make_nap, "broken": make_broken})
     """))
     assert main(["bench", "--quick", "--benchmarks", str(folder), "--out", str(tmp_path / "out")]) == 0
-    repeats = int(read(tmp_path / "out" / "bench-cpu.csv")[0]["repeats"])
-    assert 3 <= repeats <= 25, repeats  # 0.1 s of 5 ms naps; a full run's 1 s would give 50
+    rows = read(tmp_path / "out" / "bench-cpu.csv")
+    assert 3 <= int(rows[0]["repeats"]) <= 25, rows[0]  # 0.1 s of 5 ms naps; a full run's 1 s would give 50
+    assert rows[2]["skipped"] == "failed: RuntimeError: no such kernel"  # the others still measured
+    # one process for the case's providers under --quick (imports paid once), one each in a full run
+    assert len(set((folder / "pids.txt").read_text().split())) == 1
+    (folder / "pids.txt").unlink()
+    assert main(["bench", "--benchmarks", str(folder), "--out", str(tmp_path / "full")]) == 0
+    assert len(set((folder / "pids.txt").read_text().split())) == 2
     pytest.importorskip("torch")
     import importlib.util
     import sys
