@@ -146,3 +146,49 @@ def test_empty():
     assert sxtt.softmax_rows(empty).shape == (0, 5)
     assert sxtt.log_softmax_rows(torch.empty(3, 0, device=DEVICE)).shape == (3, 0)
     assert sxtt.softmax_backward_rows(empty, empty).shape == (0, 5)
+
+
+# --- the public layer forced onto the kernels ---------------------------------------------------------------
+
+import softxent.torch as sxt  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from softxent._torch import backend  # noqa: E402
+
+
+@pytest.mark.parametrize("temperature", [0.5, 0.01])
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_temperature_after_the_max_shift_never_overflows(name, temperature):
+    """Regression: softxent.torch divided x / T before handing rows to the kernels: [0.5, 0.5, 0]."""
+    x = torch.tensor([[3e38, 2.9e38, 0.0], [-3e38, 1.0, 0.0]], device=DEVICE)
+    with backend.forced("triton"):
+        ours = getattr(sxt, name)(x, 1, temperature=temperature)
+    with np.errstate(over="ignore"):  # the NumPy layer warns as -6e38 rounds to float32's -inf (its issue)
+        spec = getattr(sx, name)(x.cpu().numpy(), 1, temperature=temperature)
+    assert_close(ours, spec, dtype="float32")
+    if name == "softmax":
+        assert torch.equal(ours[0].cpu(), torch.tensor([1.0, 0.0, 0.0]))
+
+
+FORCED = {"softmax": (lambda x: sxt.softmax(x, 1, temperature=0.7), lambda x: F.softmax(x / 0.7, 1)),
+          "log_softmax": (lambda x: sxt.log_softmax(x, -1, temperature=1.3), lambda x: F.log_softmax(x / 1.3, -1))}
+
+
+@pytest.mark.parametrize("name", list(FORCED))
+def test_double_backward_and_torch_func_on_the_kernels(name):
+    ours, theirs = FORCED[name]
+    g = torch.Generator().manual_seed(5)
+    x0, v, u = (torch.randn(3, 4, 6, generator=g).to(DEVICE) for _ in range(3))
+    results = []
+    with backend.forced("triton"):
+        for f in (ours, theirs):
+            x = x0.clone().requires_grad_()
+            (dx,) = torch.autograd.grad((f(x) * v).sum(), x, create_graph=True)
+            (ddx,) = torch.autograd.grad((dx * u).sum(), x)
+            results.append((dx.detach(), ddx))
+        assert_close(results[0][0], results[1][0], what="first derivative", scale=2)
+        assert_close(results[0][1], results[1][1], what="second derivative", scale=4)
+        assert_close(torch.func.vmap(ours)(x0), torch.func.vmap(theirs)(x0), what="vmap", scale=2)
+        scalar = (lambda f: lambda a: f(a).sin().sum())
+        assert_close(torch.func.grad(scalar(ours))(x0[0]), torch.func.grad(scalar(theirs))(x0[0]), what="grad",
+                     scale=2)
+        assert_close(torch.func.jacrev(ours)(x0[0]), torch.func.jacrev(theirs)(x0[0]), what="jacrev", scale=2)
