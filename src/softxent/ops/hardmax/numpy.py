@@ -46,7 +46,7 @@ def one_hot(labels: Any, num_classes: int, *, axis: int = -1, dtype: Any = np.fl
 
     Args:
         labels: integer array of class indices in [0, num_classes).
-        num_classes: the number of classes C >= 0.
+        num_classes: the number of classes C >= 1 (0 only for empty `labels`).
         axis: where the new class axis goes in the output (as ``numpy.expand_dims``).
         dtype: the output dtype.
 
@@ -60,7 +60,9 @@ def one_hot(labels: Any, num_classes: int, *, axis: int = -1, dtype: Any = np.fl
                [0., 0., 1.]])
     """
     labels = as_label_array(labels, "labels")
-    num_classes = v.check_integer(num_classes, "num_classes", minimum=0)
+    # no class to index: say so about num_classes, not about the first label (which cannot be in [0, 0));
+    # empty labels with num_classes = 0 are fine and give an empty class axis
+    num_classes = v.check_integer(num_classes, "num_classes", minimum=1 if labels.size else 0)
     spec.check_labels(xp, labels, num_classes, ignore_index=None, name="labels")
     out_axis = v.normalize_axes(axis, labels.ndim + 1)[0]
     classes = np.arange(num_classes).reshape((-1,) + (1,) * (labels.ndim - out_axis))
