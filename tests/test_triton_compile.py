@@ -36,12 +36,13 @@ OPCHECK_TESTS = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
 def test_opcheck_cross_entropy_ops():
     logits, target = _problem()
     scale = torch.tensor(0.5, device=DEVICE)
-    args = (target, torch.rand(7, device=DEVICE) + 0.5, scale, 1.0, -100, 0.1, 1e-2, 4.0, 1.5, True)
+    options = LossOptions(ignore_index=-100, label_smoothing=0.1, z_loss=1e-2, softcap=4.0, temperature=1.5)
+    args = (target, torch.rand(7, device=DEVICE) + 0.5, scale, 1.0, options.encode(), True)
     torch.library.opcheck(ops.cross_entropy, (logits, *args, torch.empty_like(logits)), test_utils=OPCHECK_TESTS)
     torch.library.opcheck(ops.cross_entropy, (logits, *args, None), test_utils=OPCHECK_TESTS)
     torch.library.opcheck(ops.cross_entropy_inplace, (logits.clone(), *args), test_utils=OPCHECK_TESTS)
     probs = torch.softmax(logits, dim=1)
-    torch.library.opcheck(ops.cross_entropy, (logits, probs, None, None, 1.0, -100, 0.0, 0.0, None, 1.0, False,
+    torch.library.opcheck(ops.cross_entropy, (logits, probs, None, None, 1.0, LossOptions().encode(), False,
                                               torch.empty_like(logits)), test_utils=OPCHECK_TESTS)
 
 

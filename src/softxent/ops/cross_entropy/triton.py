@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from softxent._options import LossOptions
+from softxent.ops.cross_entropy import spec
 from softxent._triton import labels as _labels
 from softxent._triton.config import CONFIG, check_dtype, plan_rows
 from softxent._triton.rowmath import block_state, combine, log1p, post_scale, shifted, transform, transform_slope
@@ -289,8 +290,7 @@ def _ce_finish_kernel(x_ptr, x_stride, target_ptr, target_stride, weight_ptr, gr
 
 
 def cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
-                          grad_scale: Optional[torch.Tensor], grad_scale_value: float, ignore_index: int,
-                          label_smoothing: float, z_loss: float, softcap: Optional[float], temperature: float,
+                          grad_scale: Optional[torch.Tensor], grad_scale_value: float, options: LossOptions,
                           check_labels: bool, grad_out: Optional[torch.Tensor]):
     """Launch the kernels; returns (losses, lse, flag). grad_out (may be `logits`) receives the gradient.
 
@@ -298,6 +298,8 @@ def cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor, weight: Op
     else an empty one.
     """
     num_rows, num_classes = logits.shape
+    ignore_index, label_smoothing, z_loss = options.ignore_index, options.label_smoothing, options.z_loss
+    softcap, temperature = options.softcap, options.temperature
     device = logits.device
     losses = torch.empty(num_rows, dtype=torch.float32, device=device)
     lse = torch.empty(num_rows, dtype=torch.float32, device=device)
@@ -325,8 +327,7 @@ def cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor, weight: Op
         weight = weight.contiguous()
 
     plan = plan_rows(num_rows, num_classes, device)
-    keep_target = 1.0 - label_smoothing
-    uniform = label_smoothing / num_classes
+    keep_target, uniform = spec.smoothing_split(label_smoothing, num_classes)
     flags = dict(BLOCK=plan.block, PROBS=probs, HAS_WEIGHT=weight is not None,
                  SMOOTH=label_smoothing > 0.0 and not probs, HAS_SOFTCAP=softcap is not None,
                  HAS_TEMPERATURE=temperature != 1.0)
@@ -386,25 +387,22 @@ def _no_classes(target, probs, ignore_index, flag, losses, lse):
 
 @torch.library.custom_op("softxent_triton::cross_entropy", mutates_args=("grad_out",))
 def _cross_entropy_op(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
-                      grad_scale: Optional[torch.Tensor], grad_scale_value: float, ignore_index: int,
-                      label_smoothing: float, z_loss: float, softcap: Optional[float], temperature: float,
+                      grad_scale: Optional[torch.Tensor], grad_scale_value: float, options: list[float],
                       check_labels: bool, grad_out: Optional[torch.Tensor]
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return cross_entropy_forward(logits, target, weight, grad_scale, grad_scale_value, ignore_index,
-                                 label_smoothing, z_loss, softcap, temperature, check_labels, grad_out)
+    return cross_entropy_forward(logits, target, weight, grad_scale, grad_scale_value, LossOptions.decode(options),
+                                 check_labels, grad_out)
 
 
 @torch.library.custom_op("softxent_triton::cross_entropy_inplace", mutates_args=("logits",))
 def _cross_entropy_inplace_op(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
-                              grad_scale: Optional[torch.Tensor], grad_scale_value: float, ignore_index: int,
-                              label_smoothing: float, z_loss: float, softcap: Optional[float], temperature: float,
+                              grad_scale: Optional[torch.Tensor], grad_scale_value: float, options: list[float],
                               check_labels: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return cross_entropy_forward(logits, target, weight, grad_scale, grad_scale_value, ignore_index,
-                                 label_smoothing, z_loss, softcap, temperature, check_labels, logits)
+    return cross_entropy_forward(logits, target, weight, grad_scale, grad_scale_value, LossOptions.decode(options),
+                                 check_labels, logits)
 
 
-def _fake(logits, target, weight, grad_scale, grad_scale_value, ignore_index, label_smoothing, z_loss, softcap,
-          temperature, check_labels, grad_out=None):
+def _fake(logits, target, weight, grad_scale, grad_scale_value, options, check_labels, grad_out=None):
     num_rows = logits.shape[0]
     flag_size = 1 if check_labels and not target.is_floating_point() else 0
     return (logits.new_empty((num_rows,), dtype=torch.float32), logits.new_empty((num_rows,), dtype=torch.float32),
@@ -482,8 +480,7 @@ def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: Optio
         scale, scale_value = grad_scale.reshape(()), 1.0
     else:
         scale, scale_value = None, float(grad_scale)
-    args = (target, weight, scale, scale_value, options.ignore_index, options.label_smoothing, options.z_loss,
-            options.softcap, options.temperature, mode != "off")
+    args = (target, weight, scale, scale_value, options.encode(), mode != "off")
     if grad_out is not None and (grad_out is logits or (not compiling and _same_memory(grad_out, logits))):
         losses, lse, flag = torch.ops.softxent_triton.cross_entropy_inplace(logits, *args)
     else:
