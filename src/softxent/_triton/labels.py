@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from softxent import _validation as v
+from softxent.ops.cross_entropy import spec
 
 NO_BAD = torch.iinfo(torch.int64).max  # the flag's value when every label was in range
 _LOW = 1 << 32
@@ -92,7 +93,7 @@ def watch_target(target: torch.Tensor, num_classes: int, ignore_index: int, mode
     labels = target.reshape(-1).to(torch.int64)
     if labels.numel() == 0:
         return
-    bad = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
+    bad = spec.bad_labels(labels, num_classes, ignore_index)  # on the device, no sync
     rows = torch.arange(labels.numel(), device=labels.device, dtype=torch.int64)
     keys = torch.where(bad, rows * _LOW + (labels & (_LOW - 1)), NO_BAD)
     watch(keys.amin().reshape(1), num_classes, ignore_index, tuple(target.shape), mode)

@@ -78,11 +78,15 @@ def _first(xp, bad) -> tuple[int, ...]:
     return tuple(reversed(position))
 
 
+def bad_labels(labels, num_classes: int, ignore_index: int | None):
+    """The label-range rule: True where a label is outside [0, num_classes) and not ignore_index."""
+    bad = (labels < 0) | (labels >= num_classes)
+    return bad if ignore_index is None else bad & (labels != ignore_index)
+
+
 def check_labels(xp, labels, num_classes: int, ignore_index: int | None, name: str = "target") -> None:
     """Every label in [0, num_classes) or equal to ignore_index, else a ValueError naming the first bad one."""
-    bad = (labels < 0) | (labels >= num_classes)
-    if ignore_index is not None:
-        bad = bad & (labels != ignore_index)
+    bad = bad_labels(labels, num_classes, ignore_index)
     if bool(xp.any(bad)):
         position = _first(xp, bad)
         raise v.bad_label_error(int(labels[position]), position, num_classes, ignore_index, name)

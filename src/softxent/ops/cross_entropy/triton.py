@@ -53,7 +53,11 @@ def _flag_key(row, label):
 @triton.jit
 def _label_info(target_ptr, target_stride, weight_ptr, row, num_classes, ignore_index, keep_target,
                 HAS_WEIGHT: tl.constexpr):
-    """The row's class index and what it implies: kept (not ignored), bad (out of range), t_coef."""
+    """The row's class index and what it implies: kept (not ignored), bad (out of range), t_coef.
+
+    The range test is the spec's (`spec.bad_labels`, which the caller runs on the whole target); it is
+    repeated here only so that the kernel never reads outside the row, and a bad row is NaN, not garbage.
+    """
     label = tl.load(target_ptr + row * target_stride).to(tl.int64)
     kept = label != ignore_index
     in_range = (label >= 0) & (label < num_classes)
