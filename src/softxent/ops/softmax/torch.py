@@ -76,7 +76,7 @@ def softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3, d
     x, dim, temperature = _prepare("softmax", input, dim, _stacklevel, dtype, temperature, where)
     if _backend.uses_triton(x):
         return _TritonRows.apply(x, dim, temperature, False)
-    return _Softmax.apply(x, dim, temperature)
+    return _Softmax.apply(x, dim, temperature)[0]
 
 
 def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3, dtype: torch.dtype | None = None,
@@ -104,7 +104,7 @@ def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 
     x, dim, temperature = _prepare("log_softmax", input, dim, _stacklevel, dtype, temperature, where)
     if _backend.uses_triton(x):
         return _TritonRows.apply(x, dim, temperature, True)
-    return _LogSoftmax.apply(x, dim, temperature)
+    return _LogSoftmax.apply(x, dim, temperature)[0]
 
 
 def probabilities(z: torch.Tensor, dim) -> torch.Tensor:
@@ -208,7 +208,7 @@ class _Softmax(torch.autograd.Function):
     @staticmethod
     def forward(x, dim, temperature):
         if x.dim() == 0 or x.shape[dim] == 0:
-            return torch.ones_like(x) if x.dim() == 0 else torch.empty_like(x)
+            return (torch.ones_like(x) if x.dim() == 0 else torch.empty_like(x)), _row_max(x, dim)
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         d, _, m, _ = shifted(x, dim, temperature, work)
         e = d.exp_()
@@ -216,16 +216,12 @@ class _Softmax(torch.autograd.Function):
         total = e.sum(dim, keepdim=True, dtype=torch.float64)
         total = torch.where(total == 0, 1.0, total)  # a fully masked row stays zeros
         total = torch.where(torch.isnan(m), _NAN, total)  # NaN rows (their d was zeroed)
-        return e.div_(total).to(x.dtype)
+        return e.div_(total).to(x.dtype), m
+
+    setup_context = staticmethod(lambda ctx, inputs, outputs: _save(ctx, inputs, outputs))
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, dim, temperature = inputs
-        ctx.dim, ctx.temperature = dim, temperature
-        ctx.save_for_backward(output, _row_max(x, dim))
-
-    @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad, _):
         out, m = ctx.saved_tensors
         if out.dim() == 0 or out.shape[ctx.dim] == 0:
             return torch.zeros_like(grad), None, None
@@ -239,27 +235,32 @@ class _LogSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(x, dim, temperature):
         if x.dim() == 0 or x.shape[dim] == 0:
-            return torch.zeros_like(x) if x.dim() == 0 else torch.empty_like(x)
+            return (torch.zeros_like(x) if x.dim() == 0 else torch.empty_like(x)), _row_max(x, dim)
         d, _, m, first = shifted(x, dim, temperature, torch.float64)
         e = torch.exp(d)
         e.scatter_(dim, first, 0.0)  # the max's own term, exactly 1 (0 in a masked row), left out
         log_sum = torch.log1p(e.sum(dim, keepdim=True))
         log_sum = torch.where(torch.isnan(m), _NAN, log_sum)  # NaN rows (their d was zeroed)
-        return d.sub_(log_sum).to(x.dtype)  # d <= 0 and -log_sum <= 0: nothing cancels
+        return d.sub_(log_sum).to(x.dtype), m  # d <= 0 and -log_sum <= 0: nothing cancels
+
+    setup_context = staticmethod(lambda ctx, inputs, outputs: _save(ctx, inputs, outputs))
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, dim, temperature = inputs
-        ctx.dim, ctx.temperature = dim, temperature
-        ctx.save_for_backward(output, _row_max(x, dim))
-
-    @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad, _):
         out, m = ctx.saved_tensors
         if out.dim() == 0 or out.shape[ctx.dim] == 0:
             return torch.zeros_like(grad), None, None
         dx = torch._log_softmax_backward_data(grad, out, ctx.dim, out.dtype)  # g - exp(out) sum g
         return dx * _scale(m, ctx.temperature, dx.dtype), None, None
+
+
+def _save(ctx, inputs, outputs) -> None:
+    """The output and the row max (for the constant rows) for the backward; the max is no output."""
+    _, dim, temperature = inputs
+    out, m = outputs
+    ctx.dim, ctx.temperature = dim, temperature
+    ctx.mark_non_differentiable(m)
+    ctx.save_for_backward(out, m)
 
 
 def _row_max(x: torch.Tensor, dim: int) -> torch.Tensor:
