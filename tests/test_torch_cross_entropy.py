@@ -7,6 +7,7 @@ semantics where softxent decides differently; torch.autograd.gradcheck in float6
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import warnings
 import zlib
@@ -20,6 +21,8 @@ import softxent as sx
 import softxent.torch as sxt
 from softxent._torch import backend as _backend, memory as _memory
 from compare import assert_close
+
+ce_torch = importlib.import_module("softxent.ops.cross_entropy.torch")  # the package exports the function
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -257,8 +260,14 @@ def _recording_backend(monkeypatch):
     return calls
 
 
+def _fused_only(monkeypatch):
+    """Every size on the fused chunked path (the custom op), as large problems run."""
+    monkeypatch.setattr(ce_torch, "SMALL_MAX_ELEMENTS", -1)
+
+
 def test_no_gradient_work_without_requires_grad(monkeypatch):
     """requires_grad=False, or torch.no_grad(): the row kernel gets grad_out=None (no gradient computed)."""
+    _fused_only(monkeypatch)
     calls = _recording_backend(monkeypatch)
     x, t = _inputs((8, 10), "index", False, torch.float32, 1)
     loss = sxt.cross_entropy(x, t)
@@ -282,6 +291,7 @@ def test_backward_hands_over_the_forward_buffer(monkeypatch):
         return out
 
     monkeypatch.setattr(_memory, "empty_like", record)
+    _fused_only(monkeypatch)
     x, t = _inputs((8, 10), "index", False, torch.float32, 1)
     for upstream in (None, torch.tensor(2.5)):
         xr = x.clone().requires_grad_()
@@ -302,13 +312,24 @@ def test_second_backward_recomputes():
     assert_close(g2, 3.0 * g1, dtype="float64")
 
 
-def test_second_backward_without_the_logits_raises():
+@pytest.mark.parametrize("fused", [False, True])
+def test_second_backward_after_the_logits_are_dropped(monkeypatch, fused):
+    """The function holds the logits (as torch holds its log_softmax): a temporary's second backward
+    recomputes the gradient; logits modified in place since the forward raise."""
+    if fused:
+        _fused_only(monkeypatch)
     base = torch.randn(4, 5, requires_grad=True)
+    loss = sxt.cross_entropy(base * 2.0, torch.tensor([0, 1, 2, 3]))
+    loss.backward(retain_graph=True)
+    first = base.grad.clone()
+    loss.backward()
+    assert_close(base.grad, 2.0 * first, dtype="float32")
     logits = base * 2.0
     loss = sxt.cross_entropy(logits, torch.tensor([0, 1, 2, 3]))
-    del logits
     loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="no longer alive"):
+    with torch.no_grad():
+        logits.mul_(3.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
         loss.backward()
 
 

@@ -8,7 +8,7 @@ kernel `_backend.backend_for(logits)` (`_rows.cross_entropy_rows` on the CPU).
 
 from __future__ import annotations
 
-import weakref
+import math
 from dataclasses import dataclass, replace
 
 import array_api_compat.torch as xp
@@ -103,12 +103,21 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
                           label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, temperature=temperature)
     _check_arguments(input, target, weight)
     num_items = spec.check_num_items(num_items, options.reduction)
+    input, target, options = _autocast(input, target, options)
     want_grad = torch.is_grad_enabled() and input.requires_grad
     # under torch.compile the graph is functional: the gradient gets a buffer of its own
     inplace = bool(inplace_grad) and want_grad and not torch.compiler.is_compiling()
-    call = _Call(want_grad=want_grad, inplace=inplace, check=bool(check_labels), return_lse=bool(return_lse),
-                 num_items=num_items)
-    return _CrossEntropyFunction.apply(input, target, options, call)
+    path, robust = _choose_path(input, inplace)
+    if robust:
+        want_grad = True  # torch.func.grad's inputs need not say requires_grad
+    check = bool(check_labels)
+    if check and path == COMPOSITE:  # the custom op checks inside; here, on the values under any wrapper
+        _backend.check_values(_plain(target), _plain(options.weight), input.shape[_class_dim(input)],
+                              options.ignore_index, input)
+    call = _Call(want_grad=want_grad, inplace=inplace, check=check, return_lse=bool(return_lse),
+                 num_items=num_items, path=path, robust=robust)
+    loss, lse, _ = _CrossEntropyFunction.apply(input, target, options, call)
+    return (loss, lse) if return_lse else loss
 
 
 def _legacy_reduction(size_average, reduce) -> str:
@@ -180,6 +189,13 @@ def _class_dim(input: torch.Tensor) -> int:
 
 # --- forward and backward -----------------------------------------------------------------------------
 
+# At most this many logits take the composite path in eager mode: a few fused aten calls in float64 on
+# the calling thread, whose fixed cost is torch's own; above it the fused chunked op (custom op, span
+# threads, float32 work) wins. Measured where the two cross (benchmarks/bench_torch_shapes.py).
+SMALL_MAX_ELEMENTS = 1 << 17
+
+COMPOSITE, FUSED = "composite", "fused"
+
 
 @dataclass(frozen=True)
 class _Call:
@@ -190,10 +206,49 @@ class _Call:
     check: bool
     return_lse: bool = False  # also return the lse, whose gradient reads the logits
     num_items: object = None  # "mean"'s global denominator (an int or a 0-d tensor), or None
+    path: str = FUSED  # COMPOSITE (aten calls) or FUSED (the custom op)
+    robust: bool = False  # under torch.func transforms: branch-free, nothing read on the host
 
     @property
     def keep_input(self) -> bool:
         return self.return_lse and self.want_grad and not self.inplace
+
+
+def _choose_path(input: torch.Tensor, inplace: bool) -> tuple[str, bool]:
+    """(path, robust): compiled -> the custom op; torch.func transforms -> composite, branch-free;
+    eager -> composite when small (and not on the Triton backend), else the custom op."""
+    if torch.compiler.is_compiling():
+        return FUSED, False
+    if torch._C._are_functorch_transforms_active():
+        return COMPOSITE, True
+    if input.numel() <= SMALL_MAX_ELEMENTS and not inplace and not _backend.uses_triton(input):
+        return COMPOSITE, False
+    return FUSED, False
+
+
+def _plain(tensor):
+    """The tensor under torch.func's wrappers (a vmap batch, a grad level), to read its values."""
+    if tensor is None:
+        return None
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(tensor):
+        tensor = functorch.get_unwrapped(tensor)
+    return tensor
+
+
+def _autocast(input, target, options: LossOptions):
+    """torch's autocast policy for cross_entropy (CPU and CUDA): 16-bit floating arguments run in float32,
+    so the loss comes back float32, as F.cross_entropy's does; float32 and float64 are left alone."""
+    if not torch.is_autocast_enabled(input.device.type):
+        return input, target, options
+    low = (torch.float16, torch.bfloat16)
+    if input.dtype in low:
+        input = input.float()
+    if target.dtype in low:
+        target = target.float()
+    if options.weight is not None and options.weight.dtype in low:
+        options = replace(options, weight=options.weight.float())
+    return input, target, options
 
 
 def denominator(target: torch.Tensor, options: LossOptions, num_items, *, num_classes: int, num_rows: int,
@@ -206,23 +261,33 @@ def denominator(target: torch.Tensor, options: LossOptions, num_items, *, num_cl
                                  num_classes=num_classes, num_items=num_items, device=device)
 
 
+def _work_dtype(input: torch.Tensor, call: _Call) -> torch.dtype:
+    """The composite path works in float64 (exact to the last float32 bit, and cheap at its sizes); a large
+    problem under torch.func transforms works in the accumulation dtype, as the fused op."""
+    if call.path == COMPOSITE and (not call.robust or input.numel() <= SMALL_MAX_ELEMENTS):
+        return torch.float64
+    return accumulation_dtype(input.dtype)
+
+
 def cross_entropy_forward(input: torch.Tensor, target: torch.Tensor, options: LossOptions, call: _Call):
-    """(loss, lse, grad): the reduced loss in input's dtype, lse per row, and the gradient or None.
+    """(loss, lse, grad): the reduced loss in input's dtype, lse per row, and the gradient (empty if none).
 
     The gradient is that of the returned loss, already divided by the "mean" denominator.
     """
-    acc = accumulation_dtype(input.dtype)
+    acc = _work_dtype(input, call)
     num_classes = input.shape[_class_dim(input)]
     denom = denominator(target, options, call.num_items, num_classes=num_classes,
                         num_rows=input.numel() // max(1, num_classes), dtype=acc, device=input.device)
     grad_scale = spec.gradient_scale(xp, denom, acc, input.device)
-    arguments = (target, options.weight, options.encode(), grad_scale)
-    if call.inplace:
-        losses, lse = torch.ops.softxent.cross_entropy_(input, *arguments, call.check)
-        grad = input.detach()  # a tensor of its own on input's memory, so autograd can adopt it as .grad
+    if call.path == COMPOSITE:
+        losses, lse, grad = _composite(input, target, options, grad_scale, call, acc)
+    elif call.inplace:
+        losses, lse = torch.ops.softxent.cross_entropy_(input, target, options.weight, options.encode(), grad_scale,
+                                                        call.check)
+        grad = input.new_empty(0)  # the gradient is the input's own buffer (setup_context takes it)
     else:
-        losses, lse, grad = torch.ops.softxent.cross_entropy(input, *arguments, call.want_grad, call.check)
-        grad = grad if call.want_grad else None
+        losses, lse, grad = torch.ops.softxent.cross_entropy(input, target, options.weight, options.encode(),
+                                                             grad_scale, call.want_grad, call.check)
     loss = spec.reduce(xp, losses, options.reduction, denom)
     return loss.to(input.dtype), lse.to(input.dtype), grad
 
@@ -241,61 +306,83 @@ def cross_entropy_backward(grad: torch.Tensor, grad_loss: torch.Tensor, class_di
 
 
 class _CrossEntropyFunction(torch.autograd.Function):
-    """Autograd for the fused op: the forward writes the gradient, the backward scales it.
+    """Autograd for cross-entropy: the forward writes the gradient, the backward scales it.
 
-    The eager backward hands the buffer to autograd without a copy and keeps no reference to it (so a
+    Eager, the backward hands the buffer to autograd without a copy and keeps no reference to it (so a
     leaf's .grad becomes that very buffer). A second backward through the same graph (retain_graph,
-    gradcheck) recomputes the gradient from the input, if it is still alive and unmodified.
+    gradcheck) recomputes the gradient from the input, if it is unmodified. With create_graph (double
+    backward) and under torch.func transforms the backward is built from differentiable ops
+    (`_differentiable_grad`) whose value is the exact gradient. setup_context and generate_vmap_rule let
+    torch.func's grad, vmap and jacrev through (their forward takes the composite path).
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, input, target, options: LossOptions, call: _Call):
-        loss, lse, grad = cross_entropy_forward(input, target, options, call)
+    def forward(input, target, options: LossOptions, call: _Call):
+        return cross_entropy_forward(input, target, options, call)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, options, call = inputs
+        grad = output[2]
+        ctx.mark_non_differentiable(grad)
         ctx.set_materialize_grads(False)
+        if call.inplace:
+            grad = input.detach()  # a tensor of its own on input's memory, so autograd can adopt it as .grad
         ctx.options, ctx.call, ctx.class_dim = options, call, _class_dim(input)
         ctx.target_grad = target.dtype.is_floating_point and target.requires_grad
-        compiling = torch.compiler.is_compiling()
-        ctx.compiling = compiling
-        if compiling:  # traced: everything the backward reads goes through save_for_backward
-            needs_input = call.return_lse or ctx.target_grad  # else the logits may die after the forward
+        ctx.saving = torch.compiler.is_compiling() or call.robust
+        if ctx.saving:  # traced or transformed: everything the backward reads goes through save_for_backward
+            needs_input = call.robust or call.return_lse or ctx.target_grad  # else the logits may die early
             ctx.save_for_backward(grad, input if needs_input else None, target)
         else:
             ctx.grad = grad
-            ctx.input = weakref.ref(input)
+            # held, not weakly: a double backward (create_graph) and a second backward read the logits
+            ctx.input = input
             ctx.input_version = input._version
             ctx.target = target
-            # the lse's and the target's gradients need the logits themselves: keep them for those
-            ctx.saved = input if ctx.target_grad or call.keep_input else None
-        return (loss, lse) if call.return_lse else loss
 
     @staticmethod
-    def backward(ctx, grad_loss, grad_lse=None):
+    def backward(ctx, grad_loss, grad_lse=None, _grad_grad=None):
         options, call, class_dim = ctx.options, ctx.call, ctx.class_dim
-        if ctx.compiling:
+        if not call.return_lse:
+            grad_lse = None  # the lse is an output only with return_lse (compiled graphs pass zeros)
+        if ctx.saving:
             grad, input, target = ctx.saved_tensors
         else:
             grad, ctx.grad = ctx.grad, None  # hand over: autograd may keep this very buffer as .grad
             input, target = _alive_input(ctx), ctx.target
+        differentiable = call.robust or torch.is_grad_enabled()  # create_graph, or an outer torch.func level
         grad_input = grad_target = None
         if call.want_grad and (grad_loss is not None or grad_lse is not None):
             if grad_loss is not None:
-                if grad is None:  # the buffer went to an earlier backward: compute it again
+                if grad is None or grad.numel() != input_numel(ctx, input, grad):
                     grad = _recompute_grad(ctx, input, target)
-                grad_input = (grad * grad_loss.unsqueeze(class_dim) if grad_loss.dim() else grad * grad_loss) \
-                    if ctx.compiling else cross_entropy_backward(grad, grad_loss, class_dim)
+                if differentiable:
+                    grad_input = _differentiable_grad(_need(input, call, "the second derivative"), target, options,
+                                                      call, grad_loss, grad)
+                elif ctx.saving:
+                    grad_input = grad * grad_loss.unsqueeze(class_dim) if grad_loss.dim() else grad * grad_loss
+                else:
+                    grad_input = cross_entropy_backward(grad, grad_loss, class_dim)
             if grad_lse is not None:
                 extra = _lse_grad(_need(input, call, "the log-sum-exp's gradient"), grad_lse, options, class_dim)
-                grad_input = extra if grad_input is None else grad_input.add_(extra)
+                grad_input = extra if grad_input is None else grad_input + extra if differentiable or ctx.saving \
+                    else grad_input.add_(extra)
         if ctx.target_grad and grad_loss is not None:
             grad_target = _target_grad(_need(input, call, "the target's gradient"), target, grad_loss, options,
                                        class_dim)
         return grad_input, grad_target, None, None
 
 
+def input_numel(ctx, input, grad) -> int:
+    """The size the gradient must have (an empty placeholder means it was not computed)."""
+    return grad.numel() if input is None else input.numel()
+
+
 def _alive_input(ctx):
-    if ctx.saved is not None:
-        return ctx.saved
-    input = ctx.input()
+    input = ctx.input
     if input is not None and input._version != ctx.input_version:
         return None  # modified since the forward (inplace_grad, or by the caller)
     return input
@@ -304,7 +391,7 @@ def _alive_input(ctx):
 def _need(input, call: _Call, what: str) -> torch.Tensor:
     if input is None or call.inplace:
         raise RuntimeError(f"softxent.torch.cross_entropy: {what} needs the logits, which "
-                           + ("inplace_grad=True overwrote" if call.inplace else "are gone or were modified"))
+                           + ("inplace_grad=True overwrote" if call.inplace else "were modified in place"))
     return input
 
 
@@ -313,12 +400,187 @@ def _recompute_grad(ctx, input, target) -> torch.Tensor:
         raise RuntimeError(
             "softxent.torch.cross_entropy computes its gradient in the forward pass and handed it to the first "
             "backward; a second backward through the same graph recomputes it from the logits, which "
-            + ("inplace_grad=True overwrote." if ctx.call.inplace
-               else "are no longer alive or were modified in place. Keep a reference to the logits."))
+            + ("inplace_grad=True overwrote." if ctx.call.inplace else "were modified in place since."))
     with torch.no_grad():
         _, _, grad = cross_entropy_forward(input, target, ctx.options,
                                            replace(ctx.call, want_grad=True, inplace=False, check=False))
     return grad
+
+
+# --- the composite path: a few aten calls, exact, branch-free under torch.func ---------------------------
+
+
+def _composite(input, target, options: LossOptions, grad_scale, call: _Call, work: torch.dtype):
+    """losses, lse (batch shape, `work` dtype) and the gradient (input's dtype; empty when not wanted).
+
+    The rows' math, over the class dimension 1 of (N, C, d...) directly (no copy of a K-dim input), with
+    lsm = log_softmax(z) in `work` (float64 for every small input: the shift and the sums are then exact
+    far below a float32 ulp, and the results are rounded once):
+
+        loss = a_t l_t + u sum_j w_j (-lsm_j) + zl lse^2        (class index t)
+        l_t  = -log1p(-R) where p_t > 1/2, else -lsm_t,         R = sum_{j != t} p_j
+        grad = s (F p_j - a_j),  target entry s (-a_t R + (F - a_t) p_t - u w_t),  F = A + 2 zl lse
+
+    so neither the loss of a dominant target (-log p_t for p_t near 1) nor its gradient p_t - 1 is a
+    cancellation (API rule 11). Eager, one number read at the end tells whether a row was fully masked,
+    +inf or NaN; such a call is done again branch-free (`robust`), as it always is under torch.func.
+    """
+    if input.dim() == 1:
+        losses, lse, grad = _composite(input.unsqueeze(0), target.unsqueeze(0), options, grad_scale, call, work)
+        return losses.squeeze(0), lse.squeeze(0), grad.squeeze(0) if grad.numel() else grad
+    result = _composite_rows(input, target, options, grad_scale, call, work, call.robust)
+    if result is None:  # a special row: again, with the limits of rules 2 and 3
+        result = _composite_rows(input, target, options, grad_scale, call, work, True)
+    return result
+
+
+def _composite_rows(input, target, options: LossOptions, grad_scale, call: _Call, work, robust):
+    num_classes = input.shape[1]
+    index = not target.dtype.is_floating_point
+    weight = options.weight
+    w = None if weight is None else weight.to(work)
+    w_view = None if w is None else w.view([num_classes] + [1] * (input.dim() - 2))  # along dim 1
+    temperature, z_loss = options.temperature, options.z_loss
+
+    # 1. z = softcap * tanh(x / softcap) (a -inf logit stays a mask), then the max shift, then 1 / T
+    z = input.to(work)
+    cap = None
+    if options.softcap is not None:
+        cap = torch.tanh(z / options.softcap)
+        z = torch.where(torch.isneginf(z), z, cap * options.softcap)
+    need_lse = call.return_lse or bool(z_loss) or not index
+    m = masked = None
+    if robust or temperature != 1.0 or need_lse:
+        m = z.amax(dim=1, keepdim=True)
+        if robust:
+            masked = m == -math.inf  # rule 2: loss 0, gradient 0
+            positive = m == math.inf  # rule 3: the +inf entries share the mass
+            z = torch.where(positive, torch.where(z == math.inf, 0.0, -math.inf), z)
+            m = torch.where(torch.isfinite(m), m, 0.0)
+        z = z - m
+        if robust:
+            z = torch.where(masked, 0.0, z)  # a finite stand-in; its row is zeroed below
+        if temperature != 1.0:
+            z, m = z / temperature, m / temperature
+    lsm = torch.log_softmax(z, dim=1)
+    lse = None
+    lse = shifted_lse = None
+    if need_lse:
+        lse = shifted_lse = m - lsm.amax(dim=1, keepdim=True)  # m + log sum exp(z - m)
+        if robust:  # the gradient keeps the shifted rows' own lse (finite), as the fused kernel does
+            lse = torch.where(positive, math.inf, torch.where(masked, -math.inf, lse))
+    p = lsm.exp()
+
+    # 2. the loss and the gradient's per-row factors
+    scale = grad_scale / temperature
+    if robust:
+        scale = torch.where(masked, 0.0, scale)
+    if index:
+        labels = target.unsqueeze(1).to(torch.int64)
+        c = spec.index_coefficients(xp, labels, w, options, num_classes, work)
+        lsm_t = lsm.gather(1, c.safe)
+        p_t = lsm_t.exp()
+        rest = p.scatter(1, c.safe, 0.0)  # p_j off the target: the gradient's buffer
+        rest_sum = rest.sum(dim=1, keepdim=True)
+        if not robust and not math.isfinite(float(lsm_t.sum())):
+            return None  # a masked, +inf or NaN row (or a masked target): the robust pass decides
+        exact_t = torch.where(p_t > 0.5, -torch.log1p(-rest_sum), -lsm_t)
+        losses = torch.where(c.target > 0, c.target * exact_t, 0.0)
+        if options.label_smoothing:
+            neg = -lsm if w_view is None else torch.where(w_view > 0, -lsm * w_view, 0.0)
+            losses = losses + torch.where(c.kept, c.uniform * neg.sum(dim=1, keepdim=True), 0.0)
+        factor = c.total
+        if z_loss:
+            losses = losses + torch.where(c.kept, z_loss * lse * lse, 0.0)
+            factor = factor + torch.where(c.kept, 2.0 * z_loss * shifted_lse, 0.0)
+        if z_loss and robust:  # lse = -inf on a masked row: keep its factor finite (its scale is 0)
+            factor = torch.where(masked, 0.0, factor)
+    else:
+        coef = spec.probability_coefficients(xp, target, w_view, options, num_classes, work)
+        if not robust and not math.isfinite(float(lse.sum())):
+            return None
+        losses = -torch.where(coef > 0, coef * lsm, 0.0).sum(dim=1, keepdim=True)  # 0 log 0 = 0 (rule 4)
+        factor = coef.sum(dim=1, keepdim=True)
+        if z_loss:
+            losses = losses + z_loss * lse * lse
+            factor = factor + 2.0 * z_loss * shifted_lse
+            if robust:
+                factor = torch.where(masked, 0.0, factor)
+    if robust:
+        losses = torch.where(masked, 0.0, losses)
+    row_lse = lse.squeeze(1) if lse is not None and call.return_lse else losses.new_empty(0)
+    if not call.want_grad:
+        return losses.squeeze(1), row_lse, input.new_empty(0)
+
+    # 3. the gradient: s (F p - a), the target's entry without 1 - p_t
+    if index:
+        grad = rest.mul_(scale * factor)
+        if options.label_smoothing:
+            grad = grad.sub_(scale * c.uniform * (1.0 if w_view is None else w_view))
+        w_t = 1.0 if w is None else w.take(c.safe)
+        value = scale * (-c.target * rest_sum + (factor - c.target) * p_t - c.uniform * w_t)
+        grad = grad.scatter_(1, c.safe, value)
+    else:
+        grad = (p * factor - coef) * scale
+    if cap is not None:  # chain rule through softcap * tanh(x / softcap)
+        grad = grad * (1.0 - cap * cap)
+    return losses.squeeze(1), row_lse, grad.to(input.dtype)
+
+
+def _differentiable_grad(input, target, options: LossOptions, call: _Call, grad_loss, exact) -> torch.Tensor:
+    """grad_loss times d loss / d input, from differentiable ops, with the value of `exact`.
+
+    The fused and composite paths write the gradient with in-place, non-differentiable ops; a double
+    backward (create_graph) differentiates this formula instead, s (F p - a) dz/dx, built on softmax(z),
+    whose own derivative torch knows; its value is replaced by the exact gradient's (the difference is a
+    few ulp, so the second derivative is that of the formula).
+    """
+    class_dim = _class_dim(input)
+    x = input.unsqueeze(0) if input.dim() == 1 else input
+    work = accumulation_dtype(input.dtype)
+    num_classes = x.shape[1]
+    z = x.to(work)
+    dz = None
+    if options.softcap is not None:
+        cap = torch.tanh(z / options.softcap)
+        dz = 1.0 - cap * cap
+    d, m = spec.transformed_scores(xp, z, options, axis=1)
+    p = _probabilities(d, 1)
+    lse = m + torch.logsumexp(d, dim=1, keepdim=True)
+    live = torch.isfinite(lse)  # fully masked rows: zero gradient (rule 2)
+    w = None if options.weight is None else options.weight.to(work)
+    w_view = None if w is None else w.view([num_classes] + [1] * (x.dim() - 2))
+    if target.dtype.is_floating_point:
+        t = target.unsqueeze(0) if input.dim() == 1 else target
+        a = spec.probability_coefficients(xp, t, w_view, options, num_classes, work)
+        kept = torch.ones_like(live)
+    else:
+        labels = (target.unsqueeze(0) if input.dim() == 1 else target).unsqueeze(1).to(torch.int64)
+        c = spec.index_coefficients(xp, labels, w, options, num_classes, work)
+        a = torch.zeros_like(p).scatter(1, c.safe, c.target)
+        if options.label_smoothing:
+            a = a + c.uniform * (1.0 if w_view is None else w_view)
+        kept = c.kept
+    factor = a.sum(dim=1, keepdim=True)
+    if options.z_loss:
+        factor = factor + torch.where(kept & live, 2.0 * options.z_loss * torch.where(live, lse, 0.0), 0.0)
+    num_rows = x.numel() // max(1, num_classes)
+    denom = denominator(target, options, call.num_items, num_classes=num_classes, num_rows=num_rows, dtype=work,
+                        device=x.device)
+    scale = spec.gradient_scale(xp, denom, work, x.device) / options.temperature
+    grad = torch.where(live, (p * factor - a) * scale, 0.0)
+    if dz is not None:
+        grad = grad * dz
+    upstream = grad_loss.to(work)
+    if upstream.dim():
+        upstream = upstream.unsqueeze(0) if input.dim() == 1 else upstream
+        upstream = upstream.unsqueeze(1)
+    grad = grad * upstream
+    if input.dim() == 1:
+        grad = grad.squeeze(0)
+    grad = grad.to(input.dtype)
+    exact_value = exact * (grad_loss.unsqueeze(class_dim) if grad_loss.dim() else grad_loss)
+    return exact_value.detach() + (grad - grad.detach())
 
 
 def _transformed(input: torch.Tensor, options: LossOptions) -> tuple[torch.Tensor, torch.Tensor | None]:
