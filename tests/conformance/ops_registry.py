@@ -96,7 +96,7 @@ def _tensor(array, requires_grad=False):
 
     if array is None:
         return None
-    t = torch.from_numpy(np.ascontiguousarray(array)).clone()
+    t = torch.from_numpy(np.array(array))  # a copy; 0-d stays 0-d (ascontiguousarray makes it 1-d)
     return t.requires_grad_(True) if requires_grad else t
 
 

@@ -28,6 +28,7 @@ import functools
 import importlib.util
 import os
 import pickle
+import re
 import subprocess
 import sys
 import time
@@ -52,10 +53,29 @@ CASES = all_cases()
 BY_ID = {case.id: case for case in CASES}
 
 # (case id, layer) -> the bug. Each entry is one case on one layer, never a whole op or layer.
-_T_BEFORE_SHIFT = "torch layer divides by T before the max shift: x / T overflows (issue 10)"
-_DOMINANT_LOG_SOFTMAX = "torch log_softmax is not exact for a dominant entry (-1.3e-17 comes out 0; issue 10)"
-_NUMPY_TARGET_GRAD = "NumPy cross_entropy gradient loses the target entry p_t - 1 = -1.27e-17 (gives 0; issue 10)"
-KNOWN_BUGS: dict[tuple[str, str], str] = {}
+_NUMPY_CAST_WARNING = ("NumPy cross_entropy warns 'overflow encountered in cast' (ops/cross_entropy/numpy.py) for "
+                       "float32 [-3e38, -2.9e38, 1] at T <= 0.5 (issue 10 item 5: not raised, or silenced for a reason)")
+_NUMPY_NAN_GRAD = "NumPy cross_entropy gives a NaN gradient for float64 [1.7e308, 1.6e308, 0] at T <= 0.5 (exact: [1, -1, 0])"
+_TORCH_DOMINANT = ("torch CPU float32 cross_entropy not exact near a dominant target: loss ~1e-10 is 11 ulp off, or "
+                   "small probabilities of the gradient 5-19 ulp off (rule 11)")
+_TRITON_TARGET = "Triton cross_entropy's target gradient p_t - 1 cancels to 0 near p_t = 1 (rule 11: -sum_{j!=t} p_j)"
+_DIST_HUGE = ("vocab_parallel_cross_entropy gradient wrong for huge tied logits: [1e30, 1e30] target 0 gives "
+              "[0, 1], exact [-0.5, 0.5]")
+_DIST_TARGET = "vocab_parallel_cross_entropy's target gradient p_t - 1 cancels to 0 near p_t = 1 (rule 11)"
+_DIST_SHIFT = ("vocab_parallel_cross_entropy gradient loses digits with |lse| large: p = exp(x - lse) with lse rounded "
+               "(700-7000 ulp at logits ~3e3; 200 ulp on the option grid)")
+KNOWN_BUGS: dict[tuple[str, str], str] = {
+    **{(f"cross_entropy-float32-T{t}-overflow-negative", "numpy"): _NUMPY_CAST_WARNING for t in (0.5, 0.25)},
+    **{(f"cross_entropy-float64-T{t}-overflow", "numpy"): _NUMPY_NAN_GRAD for t in (0.5, 0.25)},
+    **{(f"cross_entropy-float32-{name}", "triton"): _TRITON_TARGET
+       for name in ("dominant-target", "dominant-target-3", "dominant-40")},
+    **{(f"cross_entropy-{dtype}-{name}", layer): reason
+       for layer in ("dist1", "dist2") for dtype in ("float32", "float64")
+       for names, reason in ((("huge-tie", "huge-negative"), _DIST_HUGE),
+                             (("dominant-target", "dominant-target-3", "dominant-40"), _DIST_TARGET),
+                             (("negative-shift", "positive-shift"), _DIST_SHIFT)) for name in names},
+    **{("cross_entropy-float32-index-none-weight", layer): _DIST_SHIFT for layer in ("dist1", "dist2")},
+}
 
 
 # --- running a case in a layer ----------------------------------------------------------------------------
@@ -247,8 +267,13 @@ def test_conformance(case_id, layer, distributed):
         assert reference[0] == kind and words in reference[1], \
             f"NumPy raised {reference[0]}: {reference[1]!r}; expected {kind} naming {words!r}"
         assert outcome[0] == "error", f"the {layer} layer raised nothing; it returned {outcome[1]}"
-        assert outcome[1:] == reference, f"{layer} raised {outcome[1]}: {outcome[2]!r}; NumPy {reference[0]}: " \
-                                         f"{reference[1]!r}"
+        same = outcome[1:] == reference
+        if layer in WORLD:  # an argument error also names the ranks: "<function>: rank 0 of 2 rejected its
+            # arguments (ranks 1 also rejected theirs): " and then the very message of the other layers
+            same = outcome[1] == reference[0] and re.fullmatch(
+                r"(\w+: rank \d+ of \d+ rejected its arguments( \(ranks? [\d, ]+ also rejected theirs\))?: )?"
+                + re.escape(reference[1]), outcome[2]) is not None
+        assert same, f"{layer} raised {outcome[1]}: {outcome[2]!r}; NumPy {reference[0]}: {reference[1]!r}"
         return
     assert outcome[0] == "ok", f"the {layer} layer raised {outcome[1]}: {outcome[2]}"
     _compare(case, layer, outcome[1])
