@@ -104,14 +104,17 @@ def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, keepdims: bool = False,
     Args:
         x: real array of any shape; integers are taken as float64.
         axis: the axis to reduce, a tuple of axes, or None for every element (as SciPy).
-        b: scale factors broadcastable to `x`; entries with ``b == 0`` are left out (so ``0 * exp(inf)``
-            contributes 0). A negative sum gives NaN unless `return_sign` is set, as in SciPy.
+        b: scale factors that broadcast with `x` (the sum then runs over the broadcast shape, as in
+            SciPy); entries with ``b == 0`` are left out (so ``0 * exp(inf)`` contributes 0). A negative
+            sum gives NaN unless `return_sign` is set, as in SciPy.
         keepdims: keep the reduced axes with length 1.
         return_sign: also return the sign of the sum (1, -1, or 0 for an empty sum).
-        where: boolean mask broadcastable to `x`; False entries are left out of the sum.
+        where: boolean mask broadcastable to `x` (to its broadcast with `b`); False entries are left out
+            of the sum.
 
     Returns:
-        The log-sum-exp with `axis` reduced, in the dtype of `x`; ``(lse, sign)`` with `return_sign`.
+        The log-sum-exp with `axis` reduced, in the dtype of `x` (with `b`, NumPy's result type of `x`
+        and `b`); ``(lse, sign)`` with `return_sign`. Reducing every axis gives a NumPy scalar.
         A fully masked or empty row gives -inf (the log of an empty sum); +inf entries give +inf;
         NaN propagates.
 
@@ -122,17 +125,30 @@ def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, keepdims: bool = False,
         >>> float(sx.logsumexp([1000.0, 1000.0]))   # no overflow: 1000 + log 2
         1000.6931471805599
     """
+    given = x
     x = as_float_array(x, "x")
+    dtype = x.dtype
+    if b is not None:
+        # as SciPy: x and b broadcast together (b may enlarge x), and the result has NumPy's result type
+        # of the two (float32 x with float64 or int32 b gives float64)
+        scale_given = b
+        b = as_float_array(b, "b")
+        dtype = _result_dtype(given, x, scale_given, b)
+        try:
+            shape = np.broadcast_shapes(x.shape, b.shape)
+        except ValueError:
+            raise ValueError(f"b of shape {b.shape} does not broadcast with x of shape {x.shape}") from None
+        x = np.broadcast_to(x, shape)
     axes = v.normalize_axes(axis, x.ndim)
     rows = Rows(x, axes)
     data = rows.data
     keep = _mask(rows, where, b)
     if keep is not None:
         data = np.where(keep, data, -np.inf).astype(x.dtype, copy=False)
-    scale = None if b is None else rows.like(as_float_array(b, "b"))
+    scale = None if b is None else rows.like(b)
 
     num_rows, num_classes = data.shape
-    lse = np.full(num_rows, -np.inf, dtype=accurate_dtype(x.dtype))
+    lse = np.full(num_rows, -np.inf, dtype=accurate_dtype(dtype))
     sign = np.ones(num_rows, dtype=lse.dtype)
     if num_classes:
         step = block_rows(num_classes)
@@ -145,16 +161,33 @@ def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, keepdims: bool = False,
                 if scale is None:
                     lse[block] = shift.lse(exp_log_sum(shifted, shift.first, shifted)[0])
                 else:
-                    lse[block], sign[block] = _scaled(shifted, scale[block], shift)
+                    lse[block], sign[block] = _scaled(data[block], shifted, scale[block], shift)
 
         for_row_spans(num_rows, num_classes, work)
     sign[lse == -np.inf] = 0.0
-    result = rows.reduced(lse, keepdims).astype(x.dtype)[()]
+    result = rows.reduced(lse, keepdims).astype(dtype)[()]
     if return_sign:
-        return result, rows.reduced(sign, keepdims).astype(x.dtype)[()]
+        return result, rows.reduced(sign, keepdims).astype(dtype)[()]
     if b is not None:
-        result = np.where(rows.reduced(sign, keepdims) < 0, np.nan, result).astype(x.dtype)[()]
+        result = np.where(rows.reduced(sign, keepdims) < 0, np.nan, result).astype(dtype)[()]
     return result
+
+
+def _result_dtype(x_given: Any, x: np.ndarray, b_given: Any, b: np.ndarray) -> np.dtype:
+    """NumPy's result type of x and b as the caller gave them, floating (integers alone give float64).
+
+    The given dtypes count, not those after conversion: float16 x with int8 b is float16 in NumPy, while
+    int8 converted to float64 would make it float64. A Python scalar is weak, as in NumPy (NEP 50).
+    """
+    def given_dtype(given: Any, converted: np.ndarray) -> Any:
+        if isinstance(given, (np.ndarray, np.generic)):
+            return given.dtype
+        if isinstance(given, (int, float)) and not isinstance(given, bool):
+            return given
+        return converted.dtype  # a list: NumPy makes it int64 or float64, whose promotion is the same
+
+    dtype = np.result_type(given_dtype(x_given, x), given_dtype(b_given, b))
+    return dtype if dtype.kind == "f" else np.dtype(np.float64)
 
 
 def _mask(rows: Rows, where: Any, b: Any) -> np.ndarray | None:
@@ -166,7 +199,7 @@ def _mask(rows: Rows, where: Any, b: Any) -> np.ndarray | None:
             raise TypeError(f"where must be a boolean array; got dtype {where.dtype}")
         keep = _broadcast(rows, where, "where")
     if b is not None:
-        nonzero = _broadcast(rows, as_float_array(b, "b"), "b") != 0
+        nonzero = rows.like(b) != 0
         keep = nonzero if keep is None else keep & nonzero
     return keep
 
@@ -178,13 +211,33 @@ def _broadcast(rows: Rows, array: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"{name} of shape {array.shape} does not broadcast to x of shape {rows.shape}") from None
 
 
-def _scaled(shifted: np.ndarray, scale: np.ndarray, shift) -> tuple[np.ndarray, np.ndarray]:
-    """log|sum b exp(d)| and its sign: with signed scale factors the sum may cancel, so no log1p."""
-    np.exp(shifted, out=shifted)
-    total = np.einsum("ij,ij->i", shifted, scale)
-    with np.errstate(divide="ignore"):
-        log_abs = np.log(np.abs(total))
-    lse = shift.value + log_abs
+def _scaled(x: np.ndarray, shifted: np.ndarray, scale: np.ndarray, shift: Shift
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """log|sum_j b_j exp(d_j)| and its sign, row by row (`shifted` holds d and is overwritten).
+
+    With t_j = b_j exp(x_j - m) and t_k the term of largest magnitude, the sum is t_k (1 + r) with
+    r = sum_{j != k} t_j / t_k, so lse = x_k + log|b_k| + log1p(r): exact when t_k dominates (as the
+    b = None path: with b_k = 1 it is x_k + log1p(r)), since the sum 1 + tiny never rounds to 1, and
+    x_k is taken as given rather than as m + log(exp(x_k - m)), which would cancel when k is not the
+    arg max of x (b = [1, -0.01] at x = [0, 1]). When r <= -1 the terms cancel past t_k (the sum's sign
+    is not t_k's, or it is 0), and log|sum| is taken as it is: no formula recovers digits that
+    cancellation has lost.
+    """
+    terms = np.multiply(np.exp(shifted, out=shifted), scale, out=shifted)
+    rows = np.arange(terms.shape[0])
+    pivot = np.argmax(np.abs(terms), axis=1)  # the first NaN in a NaN row
+    top = terms[rows, pivot].copy()
+    terms[rows, pivot] = 0.0
+    rest = terms.sum(axis=1)
+    total = top + rest
+    # top = 0 only when every term is (a fully masked row): r = 0/0 is NaN, the fallback gives log 0 =
+    # -inf; NaN rows give NaN either way
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = rest / top
+        # x_k and b_k in the working precision: log of a float32 b_k in float32 would cost float64 digits
+        x_k, b_k = (a[rows, pivot].astype(terms.dtype) for a in (x, scale))
+        lse = np.where(ratio > -1.0, x_k + np.log(np.abs(b_k)) + np.log1p(ratio),
+                       shift.value + np.log(np.abs(total)))
     if shift.infinite is not None:  # b-weighted count of the +inf entries: +inf unless it cancels to 0
         lse[shift.infinite] = np.where(total[shift.infinite] == 0, np.nan, np.inf)
     return lse, np.sign(total)

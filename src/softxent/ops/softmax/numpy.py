@@ -125,7 +125,9 @@ def _rowwise(x: Any, axis: Any, temperature: float, where: Any, precision: Calla
 
     if num_classes:
         for_row_spans(num_rows, num_classes, work)
-    return rows.restore(out)
+    result = rows.restore(out)
+    # a 0-d input (one score, axis=None) gives a NumPy scalar, as SciPy's softmax and NumPy's reductions do
+    return result[()] if result.ndim == 0 else result
 
 
 def softmax_grad(probs: Any, grad: Any, axis: Any = -1) -> np.ndarray:
