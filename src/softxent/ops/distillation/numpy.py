@@ -99,8 +99,9 @@ def _log_probs(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.n
         d /= temperature
     rows = np.arange(d.shape[0])
     e = np.exp(d)
-    top = e[rows, shift.first]
-    rest = e.sum(axis=1) - top
+    top = e[rows, shift.first].copy()  # 1, or 0 in a masked row
+    e[rows, shift.first] = 0.0
+    rest = e.sum(axis=1)  # without the max's own 1: a tiny tail is not rounded into 1 + tail
     with np.errstate(divide="ignore"):  # a fully masked row: log 0, flagged as not live
         log_sum = np.where(top == 1.0, np.log1p(rest), np.log(top + rest))
     live = np.ones(len(d), dtype=bool) if shift.masked is None else ~np.isin(rows, shift.masked)

@@ -148,8 +148,10 @@ def _block(x, labels, options: LossOptions, grad_out, upstream):
 
     # 2. e = exp(d), S and L = log S, exact through log1p when the max's own 1 is left out of the sum
     e = np.exp(d)
-    top = e[rows, shift.first]
-    rest = e.sum(axis=1) - top  # the max's term is exactly 1 (or 0 in a masked row): this is exact
+    top = e[rows, shift.first].copy()  # 1, or 0 in a masked row
+    e[rows, shift.first] = 0.0
+    rest = e.sum(axis=1)  # without the max's own 1, so that a tiny tail is not rounded into 1 + tail
+    e[rows, shift.first] = top
     total = top + rest
     with np.errstate(divide="ignore"):  # log(0) = -inf for a fully masked row, zeroed below
         log_sum = np.where(top == 1.0, np.log1p(rest), np.log(total))
@@ -160,8 +162,9 @@ def _block(x, labels, options: LossOptions, grad_out, upstream):
         weighted = np.where(e > 0, e * neg_d, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):  # masked rows: 0 / 0, zeroed below
         spread = weighted.sum(axis=1) / total
-    lp = -(neg_d[rows, safe] + log_sum)
-    h = log_sum + spread
+    with np.errstate(invalid="ignore"):  # inf + -inf in fully masked rows, zeroed below
+        lp = -(neg_d[rows, safe] + log_sum)
+        h = log_sum + spread
     if shift.infinite is not None:  # +inf entries share the mass: the spread of their d = 0 is 0
         spread[shift.infinite] = 0.0
         h[shift.infinite] = log_sum[shift.infinite]

@@ -1,0 +1,100 @@
+"""The distillation row kernel of the PyTorch layer (the CPU path, and the generic one on any device).
+
+    distill_rows(student (n, V), teacher (n, V), kept (n,), divergence, beta, temperature, *,
+                 row_scale, grad_out) -> losses (n,)
+
+The math is the package docstring's, in float32 (float64 for float64 logits), a cache-sized chunk of
+rows at a time, one span of rows per core. `row_scale` (a 0-d tensor, or (n,) for reduction "none")
+multiplies each row's gradient; `grad_out` (may be `student` itself) receives
+d(sum_i row_scale_i losses_i)/d(student).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from softxent._torch.threads import for_row_spans
+from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype, chunk_rows
+
+_INF = float("inf")
+
+
+def _log_softmax(x: torch.Tensor, temperature: float, buf: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """buf = log softmax(x / T) = d - L (the shift first, then T), exact; returns the rows not all -inf."""
+    buf.copy_(x)
+    shift, first = torch.max(buf, dim=1, keepdim=True)
+    live = shift != -_INF
+    if not math.isfinite(float(shift.sum())):  # rare: -inf, +inf or NaN rows
+        infinite = (shift == _INF).view(-1)
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        buf.sub_(shift)
+        if infinite.any():  # +inf entries share the mass
+            buf[infinite] = torch.where(buf[infinite] == _INF, 0.0, -_INF).to(buf.dtype)
+    else:
+        buf.sub_(shift)
+    if temperature != 1.0:
+        buf.div_(temperature)
+    torch.exp(buf, out=scratch)
+    scratch.scatter_(1, first, 0.0)  # without the max's own 1: log1p keeps a tiny tail
+    buf.sub_(torch.log1p(scratch.sum(dim=1, keepdim=True)))
+    return live.view(-1)
+
+
+@torch.no_grad()
+def distill_rows(student: torch.Tensor, teacher: torch.Tensor, kept: torch.Tensor, divergence: str, beta: float,
+                 temperature: float, *, row_scale: torch.Tensor | None = None,
+                 grad_out: torch.Tensor | None = None) -> torch.Tensor:
+    num_rows, num_classes = student.shape
+    acc = accumulation_dtype(student.dtype)
+    device = student.device
+    losses = torch.zeros(num_rows, dtype=acc, device=device)
+    if num_rows == 0 or num_classes == 0:
+        if grad_out is not None:
+            grad_out.zero_()
+        return losses
+    step = chunk_rows(num_classes, acc)
+    per_row = row_scale is not None and row_scale.dim() > 0
+    scale = None if row_scale is None else (row_scale.to(acc) * temperature)  # T^2 / T: d/ds = T d/du
+    log_beta = math.log(beta) if beta > 0 else -_INF
+    log_other = math.log1p(-beta) if beta < 1 else -_INF
+
+    def work(start: int, stop: int) -> None:
+        n = min(step, stop - start)
+        lq_buf, lp_buf, scratch = (torch.empty(n, num_classes, dtype=acc, device=device) for _ in range(3))
+        for lo in range(start, stop, step):
+            hi = min(lo + step, stop)
+            rows = slice(lo, hi)
+            lq, lp, e = lq_buf[: hi - lo], lp_buf[: hi - lo], scratch[: hi - lo]
+            # 1. log q and log p, exact; q and p from them
+            live = _log_softmax(student[rows], temperature, lq, e) & _log_softmax(teacher[rows], temperature, lp, e)
+            live &= kept[rows]
+            q = torch.exp(lq)
+            p = torch.exp(lp)
+            # 2. the divergence and its gradient with respect to u = student / T (0 log 0 = 0)
+            if divergence == "kl":
+                loss = torch.where(p > 0, p * (lp - lq), 0.0).sum(dim=1)
+                grad = q.sub_(p) if grad_out is not None else None
+            elif divergence == "reverse_kl":
+                ratio = torch.where(q > 0, lq - lp, 0.0)
+                loss = (q * ratio).sum(dim=1)
+                grad = ratio.sub_(loss[:, None]).mul_(q) if grad_out is not None else None
+            else:
+                lm = torch.logaddexp(lp + log_beta, lq + log_other)
+                to_p = torch.where(p > 0, p * (lp - lm), 0.0).sum(dim=1)
+                g = torch.where(q > 0, (lq - lm) * (1.0 - beta), 0.0)
+                qg = (q * g).sum(dim=1, keepdim=True)
+                to_q = qg.view(-1) / (1.0 - beta) if beta < 1.0 else torch.zeros_like(to_p)
+                loss = beta * to_p + (1.0 - beta) * to_q
+                grad = g.sub_(qg).mul_(q) if grad_out is not None else None
+            losses[rows] = torch.where(live, loss * (temperature * temperature), 0.0)
+            if grad_out is not None:
+                factor = (scale[rows] if per_row else scale).to(acc)
+                factor = torch.where(live, factor, 0.0).view(-1, 1)
+                grad.mul_(factor)
+                grad.masked_fill_(~live.view(-1, 1), 0.0)  # rows that do not count: 0, even over NaN
+                grad_out[rows].copy_(grad)
+
+    for_row_spans(num_rows, num_classes, work, device=device, align=step)
+    return losses

@@ -1,0 +1,279 @@
+"""Token log-probabilities and entropy for torch: differentiable, fused, and linear without the (N, V) logits.
+
+Layers, as cross_entropy's: `token_log_probs` / `linear_token_log_probs` (validation) -> the autograd
+Functions -> the row kernels, picked per tensor by `_kernels` (`torch_cpu.py` on the CPU and anywhere
+without Triton, `triton.py` on CUDA). The math is the package docstring's.
+
+The outputs are per row, so the upstream gradient of each row is only known in the backward. The
+forward therefore keeps three numbers per row (the max, L and E, `stats`), and the backward rebuilds
+p = exp(d - L) in one sweep and writes the gradient: nothing of size (N, V) is kept between the two.
+The linear form computes each chunk's logits again in the backward (one matrix product more than the
+unfused computation, which holds the (N, V) logits instead); when every row fits in one chunk, that
+chunk is kept from the forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import array_api_compat.torch as xp
+import torch
+
+from softxent import _validation as v
+from softxent._options import LossOptions
+from softxent._torch import backend as _backend
+from softxent._torch.matmul import addmm_float32_
+from softxent.ops.cross_entropy import spec
+from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype
+from softxent.ops.linear_cross_entropy.torch import _check_arguments as _check_layer_arguments
+from softxent.ops.linear_cross_entropy.torch import choose_chunk_size
+from softxent.ops.token_log_probs.torch_cpu import token_backward_rows, token_forward_rows
+
+
+def _kernels(logits: torch.Tensor):
+    """(forward_rows, backward_rows) for these logits: Triton's on CUDA, the torch ones elsewhere."""
+    if _backend.uses_triton(logits):
+        from softxent.ops.token_log_probs import triton as kernels
+
+        return kernels.token_forward_rows, kernels.token_backward_rows
+    return token_forward_rows, token_backward_rows
+
+
+def token_log_probs(logits: torch.Tensor, target: torch.Tensor, *, temperature: float = 1.0,
+                    softcap: float | None = None, ignore_index: int = -100, return_entropy: bool = False,
+                    check_labels: bool = True):
+    """The log-probability of each target token, ``log softmax(z)_target``, and optionally the entropy.
+
+    With z = softcap-then-temperature(logits), d = z - max z and L = log sum_j exp(d_j):
+    ``log p_t = -((-d_t) + L)`` and ``H = L + sum_j p_j (-d_j)``, sums of terms >= 0, so both stay
+    exact where a confident policy has p_t near 1 and H near 0 (API rule 11). Differentiable, the
+    entropy included (RL: the policy's log-probabilities and an entropy bonus); the backward rebuilds
+    the softmax from three numbers per row kept by the forward, in one sweep.
+
+    Args:
+        logits: (..., V) floating tensor (classes last, the LLM layout).
+        target: integer class indices of shape ``logits.shape[:-1]``; `ignore_index` rows give 0 and a
+            zero gradient (as do rows whose logits are all -inf).
+        temperature, softcap: as `cross_entropy` (softcap first, the temperature after the max shift).
+        ignore_index: the label of rows to leave out.
+        return_entropy: also return the per-row entropy of softmax(z), differentiable.
+        check_labels: extension, as `cross_entropy` (False skips the range check: no host sync).
+
+    Returns:
+        log_probs of the target's shape, float32 for 16-bit logits (else their dtype); with
+        `return_entropy`, ``(log_probs, entropy)``.
+
+    Example:
+        >>> import torch, softxent.torch as sxt
+        >>> logits = torch.tensor([[1.0, 2.0, 3.0]], requires_grad=True)
+        >>> lp, h = sxt.token_log_probs(logits, torch.tensor([2]), return_entropy=True)
+        >>> round(lp.item(), 4), round(h.item(), 4)
+        (-0.4076, 0.8324)
+        >>> (lp.sum() + 0.01 * h.sum()).backward()
+
+    See also: `softxent.token_log_probs` (NumPy), `linear_token_log_probs`,
+    `softxent.torch.distributed.vocab_parallel_token_log_probs`.
+
+    References:
+        Blanchard, Higham & Higham 2021, "Accurately computing the log-sum-exp and softmax functions";
+        Schulman et al. 2017, "Proximal policy optimization algorithms".
+    """
+    options = LossOptions(ignore_index=ignore_index, softcap=softcap, temperature=temperature)
+    _check_plain(logits, target)
+    if check_labels:
+        _backend.check_labels(target, logits.shape[-1], options.ignore_index, logits)
+    lp, h = _TokenLogProbs.apply(logits, target, options, bool(return_entropy))
+    return (lp, h) if return_entropy else lp
+
+
+def _check_plain(logits, target) -> None:
+    for name, tensor in (("logits", logits), ("target", target)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(tensor).__name__}")
+    v.check_numeric(logits, "logits", allow_int=False)
+    if logits.dim() == 0:
+        raise ValueError("logits must have at least one dimension (the classes); got a scalar")
+    if spec.check_target(logits.shape, target, logits.dim() - 1) != spec.INDEX:
+        raise TypeError(f"target must hold class indices of shape {tuple(logits.shape[:-1])}; got probabilities "
+                        f"of shape {tuple(target.shape)}")
+    if target.device != logits.device:
+        raise ValueError(f"target must be on logits' device {logits.device}; got {target.device}")
+
+
+def _out_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for 16-bit inputs (the API's rule for these per-token quantities), else the input's."""
+    return accumulation_dtype(dtype)
+
+
+class _TokenLogProbs(torch.autograd.Function):
+    """Forward: log p_t, H and three numbers per row; backward: one sweep from them."""
+
+    @staticmethod
+    def forward(ctx, logits, target, options: LossOptions, entropy: bool):
+        num_classes = logits.shape[-1]
+        rows = logits.reshape(-1, num_classes)
+        labels = target.reshape(-1).to(torch.int64)
+        forward_rows, _ = _kernels(rows)
+        lp, h, stats = forward_rows(rows, labels, options, entropy=entropy)
+        ctx.save_for_backward(logits, labels, lp, stats)
+        ctx.options, ctx.entropy = options, entropy
+        ctx.set_materialize_grads(False)
+        shape = target.shape
+        return lp.view(shape).to(_out_dtype(logits.dtype)), h.view(shape).to(_out_dtype(logits.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_lp, grad_h):
+        logits, labels, lp, stats = ctx.saved_tensors
+        if not ctx.needs_input_grad[0] or (grad_lp is None and grad_h is None):
+            return None, None, None, None
+        acc = lp.dtype
+        g = torch.zeros_like(lp) if grad_lp is None else grad_lp.reshape(-1).to(acc)
+        hg = None if grad_h is None or not ctx.entropy else grad_h.reshape(-1).to(acc)
+        rows = logits.reshape(-1, logits.shape[-1])
+        grad = torch.empty_like(rows)
+        _, backward_rows = _kernels(rows)
+        backward_rows(rows.detach(), labels, ctx.options, lp, stats, g, hg, grad)
+        return grad.view(logits.shape), None, None, None
+
+
+# --- the linear form ----------------------------------------------------------------------------------
+
+
+def linear_token_log_probs(input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor, *,
+                           linear_bias: torch.Tensor | None = None, temperature: float = 1.0,
+                           softcap: float | None = None, ignore_index: int = -100, return_entropy: bool = False,
+                           chunk_size: int | None = None, check_labels: bool = True):
+    """`token_log_probs` of ``input @ linear_weight.T + linear_bias``, never holding the (N, V) logits.
+
+    The policy's per-token log-probabilities (and entropy) straight from the hidden states and the LM
+    head. The forward computes the logits a chunk of rows at a time, reduces each chunk to its rows'
+    results and three numbers per row, and drops it; the backward computes each chunk again, turns it
+    into its gradient in place and folds it into the gradients of the input, the weight and the bias
+    before the next chunk. Memory beyond the inputs and the gradients: one chunk of logits (a quarter
+    of the gradients' size by default) and a cache-sized scratch per thread. 16-bit weights accumulate
+    their gradient in float32.
+
+    Args:
+        input: (..., D) hidden states; linear_weight: (V, D); linear_bias: (V,) or None; one dtype.
+        target: class indices of shape ``input.shape[:-1]``.
+        temperature, softcap, ignore_index, return_entropy, check_labels: as `token_log_probs`.
+        chunk_size: rows per chunk; None chooses from the shapes and the free memory.
+
+    Returns:
+        As `token_log_probs`.
+
+    Example:
+        >>> import torch, softxent.torch as sxt
+        >>> x = torch.randn(4, 3, requires_grad=True)
+        >>> w = torch.randn(5, 3, requires_grad=True)
+        >>> lp, h = sxt.linear_token_log_probs(x, w, torch.tensor([0, 1, 2, -100]), return_entropy=True,
+        ...                                    chunk_size=2)
+        >>> ref = sxt.token_log_probs(x @ w.T, torch.tensor([0, 1, 2, -100]))
+        >>> bool(torch.allclose(lp, ref, atol=1e-6))
+        True
+        >>> (-lp.sum() - 0.01 * h.sum()).backward()
+
+    See also: `softxent.linear_token_log_probs` (NumPy), `linear_cross_entropy`.
+
+    References:
+        Wijmans et al. 2024, "Cut your losses in large-vocabulary language models".
+    """
+    options = LossOptions(ignore_index=ignore_index, softcap=softcap, temperature=temperature)
+    chunk_size = v.check_chunk_size(chunk_size)
+    _check_layer_arguments(input, linear_weight, target, linear_bias, None)
+    if target.dtype.is_floating_point:
+        raise TypeError(f"target must hold class indices of shape {tuple(input.shape[:-1])}; got probabilities")
+    num_classes, features = linear_weight.shape
+    if check_labels:
+        _backend.check_labels(target, num_classes, options.ignore_index, input)
+    rows = input.numel() // max(1, features)
+    chunk = chunk_size or choose_chunk_size(rows, num_classes, features, input.dtype, input.device)
+    plan = _LinearPlan(options, bool(return_entropy), max(1, min(chunk, rows)))
+    lp, h = _LinearTokenLogProbs.apply(input, linear_weight, linear_bias, target, plan)
+    return (lp, h) if return_entropy else lp
+
+
+@dataclass
+class _LinearPlan:
+    options: LossOptions
+    entropy: bool
+    chunk: int
+    kept_logits: torch.Tensor | None = None  # the only chunk, kept from the forward for the backward
+
+
+def _chunk_logits(x, w, b, out) -> torch.Tensor:
+    if b is not None:
+        return torch.addmm(b, x, w.t(), out=out)
+    return torch.mm(x, w.t(), out=out)
+
+
+class _LinearTokenLogProbs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, weight, bias, target, plan: _LinearPlan):
+        num_classes, features = weight.shape
+        x = input.reshape(-1, features)
+        labels = target.reshape(-1).to(torch.int64)
+        num_rows = x.shape[0]
+        acc = accumulation_dtype(input.dtype)
+        lp = torch.zeros(num_rows, dtype=acc, device=input.device)
+        h = torch.zeros_like(lp)
+        stats = torch.zeros(num_rows, 3, dtype=acc, device=input.device)
+        buffer = torch.empty(min(plan.chunk, num_rows), num_classes, dtype=input.dtype, device=input.device)
+        forward_rows, _ = _kernels(buffer)
+        want_grad = any(ctx.needs_input_grad[:3])
+        for lo in range(0, num_rows, plan.chunk):
+            hi = min(lo + plan.chunk, num_rows)
+            logits = _chunk_logits(x[lo:hi], weight, bias, buffer[: hi - lo])
+            lp[lo:hi], h[lo:hi], stats[lo:hi] = forward_rows(logits, labels[lo:hi], plan.options,
+                                                             entropy=plan.entropy)
+        if want_grad and num_rows <= plan.chunk:
+            plan.kept_logits = buffer  # one chunk holds every row: the backward reuses it
+        ctx.save_for_backward(input, weight, bias, labels, lp, stats)
+        ctx.plan = plan
+        ctx.set_materialize_grads(False)
+        shape = target.shape
+        return lp.view(shape).to(_out_dtype(input.dtype)), h.view(shape).to(_out_dtype(input.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_lp, grad_h):
+        input, weight, bias, labels, lp, stats = ctx.saved_tensors
+        plan = ctx.plan
+        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+        if grad_lp is None and grad_h is None or not (need_dx or need_dw or need_db):
+            return None, None, None, None, None
+        acc = lp.dtype
+        g = torch.zeros_like(lp) if grad_lp is None else grad_lp.reshape(-1).to(acc)
+        hg = None if grad_h is None or not plan.entropy else grad_h.reshape(-1).to(acc)
+        num_classes, features = weight.shape
+        x = input.reshape(-1, features)
+        num_rows = x.shape[0]
+        dtype = input.dtype
+        wide = dtype in (torch.float16, torch.bfloat16)
+        dx = torch.empty_like(x) if need_dx else None
+        dw = torch.zeros(weight.shape, dtype=acc if wide else dtype, device=weight.device) if need_dw else None
+        db = torch.zeros(num_classes, dtype=acc, device=weight.device) if need_db and bias is not None else None
+        buffer, plan.kept_logits = plan.kept_logits, None
+        reuse = buffer is not None
+        if buffer is None:
+            buffer = torch.empty(min(plan.chunk, num_rows), num_classes, dtype=dtype, device=input.device)
+        _, backward_rows = _kernels(buffer)
+        slice_rows = max(64, (plan.chunk * num_classes) // (4 * max(1, features)))
+        for lo in range(0, num_rows, plan.chunk):
+            hi = min(lo + plan.chunk, num_rows)
+            logits = buffer[: hi - lo]
+            if not reuse:
+                _chunk_logits(x[lo:hi], weight, bias, logits)
+            # the chunk's logits become d(outputs)/d(logits) in place
+            backward_rows(logits, labels[lo:hi], plan.options, lp[lo:hi], stats[lo:hi], g[lo:hi],
+                          None if hg is None else hg[lo:hi], logits)
+            if dx is not None:
+                torch.mm(logits, weight, out=dx[lo:hi])
+            if dw is not None:
+                if wide:
+                    addmm_float32_(dw, logits.t(), x[lo:hi], slice_rows)
+                else:
+                    dw.addmm_(logits.t(), x[lo:hi])
+            if db is not None:
+                db += logits.sum(dim=0, dtype=acc)
+        return (None if dx is None else dx.view(input.shape), None if dw is None else dw.to(weight.dtype),
+                None if db is None else db.to(bias.dtype), None, None)

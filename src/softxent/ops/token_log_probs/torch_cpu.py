@@ -1,0 +1,168 @@
+"""The token log-probability row kernels of the PyTorch layer: the CPU path, and the generic one anywhere.
+
+The contract, which the Triton kernels (`triton.py`) share on CUDA:
+
+    token_forward_rows(logits (n, V), labels (n,) int64, options, *, entropy) -> (lp, h, stats)
+    token_backward_rows(logits, labels, options, lp, stats, g, h_grad, out)
+
+`stats` (n, 3) holds per row what the backward needs to rebuild p without a second max and sum: the
+max m of the (soft-capped) logits, L = log sum_j exp(d_j) and E = sum_j p_j (-d_j). The math is the
+package docstring's, in float32 (float64 for float64 logits), a cache-sized chunk of rows at a time,
+one span of rows per core (`softxent._torch.threads.for_row_spans`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from softxent._options import LossOptions
+from softxent._torch.threads import for_row_spans
+from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype, chunk_rows
+
+_INF = float("inf")
+
+
+def _scores(x: torch.Tensor, options: LossOptions, buf: torch.Tensor, shift: torch.Tensor | None, tanh=None):
+    """buf = d = (softcap(x) - m) / T in the working precision; m is found (shift None) or given.
+
+    Returns (m, first, masked): the per-row max as found (the shift is 0 where it is not finite), the column of the first maximum
+    (None when the shift was given), and the fully masked rows (None when there are none). A -inf logit stays -inf under the cap (a mask).
+    """
+    buf.copy_(x)
+    if options.softcap is not None:
+        buf.div_(options.softcap).tanh_()
+        if tanh is not None:
+            tanh.copy_(buf)
+        buf.mul_(options.softcap)
+        buf.masked_fill_(torch.isneginf(x), -math.inf)
+    first = None
+    if shift is None:
+        shift, first = torch.max(buf, dim=1, keepdim=True)  # the first maximum: its exp(0) = 1 is left out
+    raw = shift
+    masked = infinite = None
+    if not math.isfinite(float(shift.sum())):  # rare: -inf, +inf or NaN rows (reading it is free on the CPU)
+        masked = (shift == -_INF).view(-1)
+        infinite = (shift == _INF).view(-1)
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    buf.sub_(shift)
+    if infinite is not None and infinite.any():  # +inf entries share the mass: d = 0 there, -inf elsewhere
+        buf[infinite] = torch.where(buf[infinite] == _INF, 0.0, -_INF).to(buf.dtype)
+    if options.temperature != 1.0:
+        buf.div_(options.temperature)
+    return raw, first, masked if masked is not None and masked.any() else None
+
+
+@torch.no_grad()
+def token_forward_rows(logits: torch.Tensor, labels: torch.Tensor, options: LossOptions, *, entropy: bool):
+    """(lp, h, stats) of (n, V) logits: log p_t, the entropy (zeros without `entropy`) and (m, L, E) per row.
+
+    labels are int64 in [0, V) or options.ignore_index (checked); ignored and fully masked rows give 0.
+    """
+    num_rows, num_classes = logits.shape
+    acc = accumulation_dtype(logits.dtype)
+    device = logits.device
+    lp = torch.zeros(num_rows, dtype=acc, device=device)
+    h = torch.zeros(num_rows, dtype=acc, device=device)
+    stats = torch.zeros(num_rows, 3, dtype=acc, device=device)
+    if num_rows == 0 or num_classes == 0:
+        return lp, h, stats
+    kept = (labels != options.ignore_index).view(-1, 1)
+    safe = torch.where(kept.view(-1), labels, 0).view(-1, 1)
+    step = chunk_rows(num_classes, acc)
+    lowest = torch.finfo(acc).min
+
+    def work(start: int, stop: int) -> None:
+        buf = torch.empty(min(step, stop - start), num_classes, dtype=acc, device=device)
+        for lo in range(start, stop, step):
+            hi = min(lo + step, stop)
+            rows = slice(lo, hi)
+            d = buf[: hi - lo]
+            # 1. d = (softcap(x) - m) / T <= 0
+            shift, first, masked = _scores(logits[rows], options, d, None)
+            neg_d_t = d.gather(1, safe[rows]).neg_()  # -d_t >= 0 (+inf when the target is masked)
+            # 2. E's sum before d becomes e: sum_j e_j (-d_j), with -inf entries clamped (e_j = 0 there)
+            if entropy:
+                d.clamp_(min=lowest)
+                e = torch.exp(d)
+                spread = torch.bmm(e.unsqueeze(1), d.unsqueeze(2)).view(-1, 1).neg_()
+                d = e
+            else:
+                d.exp_()
+            # 3. the sum without the first maximum's own 1, so that log1p keeps a tiny tail exact
+            d.scatter_(1, first, 0.0)
+            rest = d.sum(dim=1, keepdim=True)
+            log_sum = torch.log1p(rest)
+            keep = kept[rows] if masked is None else kept[rows] & ~masked.view(-1, 1)
+            lp[rows] = torch.where(keep, (neg_d_t + log_sum).neg_(), 0.0).view(-1)
+            s = stats[rows]
+            s[:, 0:1] = shift
+            # L = -inf marks a fully masked row for the backward (its gradient is 0)
+            s[:, 1:2] = log_sum if masked is None else log_sum.masked_fill(masked.view(-1, 1), -_INF)
+            if entropy:
+                e_mean = spread / (rest + 1.0)
+                s[:, 2:3] = e_mean
+                h[rows] = torch.where(keep, log_sum + e_mean, 0.0).view(-1)
+
+    for_row_spans(num_rows, num_classes, work, device=device, align=step)
+    return lp, h, stats
+
+
+@torch.no_grad()
+def token_backward_rows(logits: torch.Tensor, labels: torch.Tensor, options: LossOptions, lp: torch.Tensor,
+                        stats: torch.Tensor, g: torch.Tensor, h_grad: torch.Tensor | None, out: torch.Tensor) -> None:
+    """out = d(sum g lp + sum h_grad h)/d(logits) from the forward's stats (out may be `logits`).
+
+    g, h_grad: (n,) upstream gradients in the working precision (h_grad None: no entropy term).
+    """
+    num_rows, num_classes = logits.shape
+    acc = accumulation_dtype(logits.dtype)
+    device = logits.device
+    if num_rows == 0 or num_classes == 0:
+        out.zero_()
+        return
+    kept = labels != options.ignore_index
+    live = kept & (stats[:, 1] != -_INF)
+    g = torch.where(live, g, 0.0).view(-1, 1)
+    hg = None if h_grad is None else torch.where(live, h_grad, 0.0).view(-1, 1)
+    safe = torch.where(kept, labels, 0).view(-1, 1)
+    # the target's own g (1 - p_t) as -g expm1(log p_t): never 1 - p_t by cancellation (rule 11)
+    target_part = (-torch.expm1(lp.view(-1, 1))) * g
+    step = chunk_rows(num_classes, acc)
+    lowest = torch.finfo(acc).min
+    softcap = options.softcap is not None
+
+    def work(start: int, stop: int) -> None:
+        n = min(step, stop - start)
+        scratch = torch.empty(n, num_classes, dtype=acc, device=device)
+        tanh = torch.empty(n, num_classes, dtype=acc, device=device) if softcap else None
+        for lo in range(start, stop, step):
+            hi = min(lo + step, stop)
+            rows = slice(lo, hi)
+            d = scratch[: hi - lo]
+            t = None if tanh is None else tanh[: hi - lo]
+            x = logits[rows]
+            mask = torch.isneginf(x) if softcap else None
+            _scores(x, options, d, stats[rows, 0:1], t)
+            d.clamp_(min=lowest)
+            # p = exp(d - L); grad = p (h ((-d) - E) - g), the target's entry replaced below
+            p = torch.sub(d, stats[rows, 1:2]).exp_()
+            if hg is not None:
+                centred = d.neg_().sub_(stats[rows, 2:3]).mul_(p)  # p_j ((-d_j) - E)
+                p_t_centred = centred.gather(1, safe[rows])
+                grad = centred.mul_(hg[rows]).addcmul_(p, g[rows], value=-1.0)
+                value = target_part[rows] + hg[rows] * p_t_centred
+            else:
+                grad = p.mul_(g[rows].neg())
+                value = target_part[rows]
+            grad.scatter_(1, safe[rows], value)
+            grad.masked_fill_(~live[rows].view(-1, 1), 0.0)  # ignored, masked rows: 0 even over NaN
+            if options.temperature != 1.0:
+                grad.div_(options.temperature)
+            if t is not None:  # the chain rule through softcap * tanh(x / softcap); 0 at a masked -inf
+                grad.mul_(t.square_().neg_().add_(1.0))
+                grad.masked_fill_(mask, 0.0)
+            out[rows].copy_(grad)
+
+    for_row_spans(num_rows, num_classes, work, device=device, align=step)
