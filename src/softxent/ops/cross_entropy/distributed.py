@@ -8,7 +8,9 @@ import torch
 
 from softxent._options import LossOptions
 from softxent._torch import distributed_args as _args
-from softxent._torch.collectives import Communicator, Field, checked_timeout, dtype_code, show_dtype
+from softxent._torch.collectives import Communicator, Field, checked_timeout, dtype_code, float_bits, show_dtype, \
+    show_float
+from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.distributed_rows import RowProblem
 
 NAME = "vocab_parallel_cross_entropy"
@@ -21,7 +23,7 @@ _CHUNK_ELEMENTS = 1 << 20
 def vocab_parallel_cross_entropy(local_logits: torch.Tensor, target: torch.Tensor, *, group: Any = None,
                                  weight: torch.Tensor | None = None, ignore_index: int = -100,
                                  reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
-                                 timeout: Any = None) -> torch.Tensor:
+                                 num_items: Any = None, timeout: Any = None) -> torch.Tensor:
     """Cross-entropy over a vocabulary split across the ranks of `group`, without gathering the logits.
 
     Rank r of the group holds the logits of classes [start_r, start_r + V_r): a contiguous slice, in rank
@@ -69,6 +71,9 @@ def vocab_parallel_cross_entropy(local_logits: torch.Tensor, target: torch.Tenso
         weight: per-class weights of the whole vocabulary, shape (V,), the same on every rank; or None.
         ignore_index, reduction, label_smoothing, z_loss: as ``softxent.cross_entropy``; `reduction` is
             ``"none"`` (per-row losses of shape ``local_logits.shape[:-1]``), ``"mean"`` or ``"sum"``.
+        num_items: with ``"mean"``, divide by this (an int or a 0-d tensor, the same on every rank of this
+            group) instead: the global count of target tokens over micro-batches and data-parallel ranks
+            (`global_num_items`).
         timeout: seconds (or a datetime.timedelta) that each collective of this call may wait for the
             other ranks; None for the group's own timeout. A gloo group that timed out is closed.
 
@@ -106,15 +111,71 @@ def vocab_parallel_cross_entropy(local_logits: torch.Tensor, target: torch.Tenso
         weight = _args.checked_class_weight(weight, logits, "local_logits")
         batch_shape = tuple(logits.shape[:-1])
         local_classes = logits.shape[-1]
+        num_items = spec.check_num_items(num_items, options.reduction)
         fields = [Field("the dtype of local_logits", dtype_code(logits.dtype), show_dtype),
-                  *_args.common_fields(batch_shape, kind, target, weight, options)]
+                  *_args.common_fields(batch_shape, kind, target, weight, options), num_items_field(num_items)]
     except (ValueError, TypeError) as err:
         error = err
     layout = comm.handshake(_FUNCTION_CODE, local_classes, fields, error, device)
 
     problem = _args.row_problem(layout, kind, target, weight, options, batch_shape, local_classes, logits.dtype,
                                 logits.device)
+    problem.num_items = num_items
     return _VocabParallelCrossEntropy.apply(logits, _Plan(comm, problem, batch_shape))
+
+
+def num_items_field(num_items: Any) -> Field:
+    """num_items as a handshake field: every rank of the group must divide by the same number (read once:
+    a host sync for a device tensor, as the handshake's other fingerprints)."""
+    if num_items is None:
+        return Field("num_items", -1, lambda c: "None" if c == -1 else str(c))
+    value = num_items if isinstance(num_items, int) else float(num_items)
+    return Field("num_items", float_bits(value), show_float)
+
+
+def global_num_items(target: torch.Tensor, *, ignore_index: int = -100, group: Any = None,
+                     timeout: Any = None) -> torch.Tensor:
+    """The number of target tokens (entries of `target` other than `ignore_index`) summed over `group`.
+
+    Pass it as `num_items` to every micro-batch's loss on every data-parallel rank: the losses then sum
+    to the mean over the global batch (Hugging Face's `num_items_in_batch`), and a micro-batch whose
+    tokens are all ignored contributes 0, never NaN. Call it on the data-parallel group (not the
+    tensor-parallel one, whose ranks hold the same targets). With gradient accumulation, pass the
+    concatenation (or the sum of counts) of the step's micro-batches.
+
+    Communication: one all-reduce of one int64.
+
+    Args:
+        target: class indices (any integer dtype and shape) on this rank.
+        ignore_index: the label that does not count.
+        group: the process group to sum over; None for the world.
+        timeout: seconds (or a timedelta) the all-reduce may wait; None for the group's own.
+
+    Returns:
+        A 0-d int64 tensor on target's device, the same on every rank.
+
+    Example:
+        >>> import os, tempfile, torch, torch.distributed as dist
+        >>> from softxent.torch.distributed import global_num_items
+        >>> store = dist.FileStore(os.path.join(tempfile.mkdtemp(), "store"), 1)
+        >>> dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        >>> global_num_items(torch.tensor([[3, -100, 7], [1, 2, -100]]))
+        tensor(4)
+        >>> dist.destroy_process_group()
+
+    See also: `softxent.torch.cross_entropy` (num_items), `vocab_parallel_cross_entropy`.
+    """
+    comm = Communicator(group, None, "global_num_items")
+    comm.timeout = checked_timeout(timeout)
+    from softxent._torch.checks import tensor as _tensor
+    from softxent import _validation as v
+
+    target = _tensor(target, "target")
+    v.check_integer_labels(target, "target")
+    ignore_index = v.check_ignore_index(ignore_index)
+    count = (target != ignore_index).sum().to(torch.int64).reshape(())
+    comm.all_reduce_sum(count, "num_items all-reduce")
+    return count
 
 
 class _Plan:

@@ -71,6 +71,7 @@ class RowProblem:
                  num_rows: int):
         self.layout = layout
         self.options = options
+        self.num_items = None  # "mean"'s global denominator (int or 0-d tensor), set by the caller
         self.labels = labels
         self.probs = probs
         self.num_rows = num_rows
@@ -95,12 +96,13 @@ class RowProblem:
     # --- reduction -----------------------------------------------------------------------------------
 
     def denominator(self) -> torch.Tensor | None:
-        """What "mean" divides by (the spec's rule), or None for "sum" and "none"."""
+        """What "mean" divides by (the spec's rule, or num_items), or None for "sum" and "none"."""
         if self.options.reduction != "mean":
             return None
         kind = spec.INDEX if self.labels is not None else spec.PROBS
         return spec.mean_denominator(xp, kind, self.labels, self.weight, self.options.ignore_index, self.num_rows,
-                                     torch.float64, num_classes=self.layout.total, device=self.device)
+                                     torch.float64, num_classes=self.layout.total, num_items=self.num_items,
+                                     device=self.device)
 
     def grad_scale(self) -> torch.Tensor:
         return spec.gradient_scale(xp, self.denominator(), torch.float64, self.device)

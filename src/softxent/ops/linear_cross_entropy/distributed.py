@@ -11,6 +11,8 @@ from softxent._options import LossOptions
 from softxent._torch import distributed_args as _args
 from softxent._torch.collectives import Communicator, Field, checked_timeout, dtype_code, fingerprint, show_dtype, \
     show_fingerprint
+from softxent.ops.cross_entropy import spec
+from softxent.ops.cross_entropy.distributed import num_items_field
 from softxent.ops.cross_entropy.distributed_rows import RowProblem, compute_dtype
 
 NAME = "vocab_parallel_linear_cross_entropy"
@@ -23,7 +25,7 @@ def vocab_parallel_linear_cross_entropy(input: torch.Tensor, local_weight: torch
                                         *, local_bias: torch.Tensor | None = None, group: Any = None,
                                         weight: torch.Tensor | None = None, ignore_index: int = -100,
                                         reduction: str = "mean", label_smoothing: float = 0.0,
-                                        z_loss: float = 0.0, chunk_size: int | None = None,
+                                        z_loss: float = 0.0, num_items: Any = None, chunk_size: int | None = None,
                                         reduce_input_grad: bool = True, timeout: Any = None) -> torch.Tensor:
     """Cross-entropy of a vocab-parallel linear layer, ``cross_entropy(input @ W.T + b, target)``, chunked.
 
@@ -56,7 +58,7 @@ def vocab_parallel_linear_cross_entropy(input: torch.Tensor, local_weight: torch
         target: global class ids with shape ``input.shape[:-1]``, the same on every rank; or this rank's
             slice of probability targets, shape ``input.shape[:-1] + (V_r,)``.
         local_bias: this rank's entries of the layer's bias, (V_r,), or None.
-        group, weight, ignore_index, reduction, label_smoothing, z_loss, timeout: as
+        group, weight, ignore_index, reduction, label_smoothing, z_loss, num_items, timeout: as
             `vocab_parallel_cross_entropy` (`weight` holds the class weights of the whole vocabulary).
         chunk_size: rows of logits per chunk; None picks about 8M logits per chunk.
         reduce_input_grad: sum the input gradient over the group in the backward (see above).
@@ -87,6 +89,7 @@ def vocab_parallel_linear_cross_entropy(input: torch.Tensor, local_weight: torch
         options = LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                               z_loss=z_loss)
         chunk_size = v.check_chunk_size(chunk_size)
+        num_items = spec.check_num_items(num_items, options.reduction)
         if not isinstance(reduce_input_grad, bool):
             raise TypeError(f"reduce_input_grad must be a bool; got {type(reduce_input_grad).__name__}")
         x, w, b = _checked_layer(input, local_weight, local_bias)
@@ -102,13 +105,14 @@ def vocab_parallel_linear_cross_entropy(input: torch.Tensor, local_weight: torch
             # the backward all-reduces the input gradient: every rank must take part, or none
             Field("whether the input gradient is summed over the group (input.requires_grad and "
                   "reduce_input_grad)", int(x.requires_grad and reduce_input_grad)),
-            *_args.common_fields(batch_shape, kind, target, weight, options)]
+            *_args.common_fields(batch_shape, kind, target, weight, options), num_items_field(num_items)]
     except (ValueError, TypeError) as err:
         error = err
     layout = comm.handshake(_FUNCTION_CODE, local_classes, fields, error, device)
 
     problem = _args.row_problem(layout, kind, target, weight, options, batch_shape, local_classes, x.dtype,
                                 x.device)
+    problem.num_items = num_items
     rows = problem.num_rows
     chunk = min(chunk_size or max(1, _CHUNK_ELEMENTS // max(1, local_classes)), max(1, rows))
     plan = _Plan(comm, problem, batch_shape, chunk, reduce_input_grad)

@@ -7,7 +7,9 @@ slice. Communication is O(rows): see each function's docstring for the exact vol
 """
 
 from softxent._torch.collectives import CollectiveError
-from softxent.ops.cross_entropy.distributed import vocab_parallel_cross_entropy
+from softxent.ops.cross_entropy.distributed import global_num_items, vocab_parallel_cross_entropy
 from softxent.ops.linear_cross_entropy.distributed import vocab_parallel_linear_cross_entropy
+from softxent.ops.token_log_probs.distributed import vocab_parallel_token_log_probs
 
-__all__ = ["CollectiveError", "vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
+__all__ = ["CollectiveError", "vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy",
+           "vocab_parallel_token_log_probs", "global_num_items"]
