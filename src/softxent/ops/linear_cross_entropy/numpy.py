@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, Optional, Tuple, overload
 
 import numpy as np
 
 from softxent import _validation as v
 from softxent._options import LossOptions
 from softxent._arrays import as_float_array
+from softxent._typing import ArrayLike, FloatArray, FloatResult, Reduction
 from softxent.ops.cross_entropy.numpy import CrossEntropyRows
 
 # The default chunk holds about this many logits: 16 MiB in float32, large enough for BLAS to run at
@@ -16,10 +17,35 @@ from softxent.ops.cross_entropy.numpy import CrossEntropyRows
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def linear_cross_entropy(x: Any, w: Any, target: Any, *, bias: Any = None, weight: Any = None,
-                         ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
-                         z_loss: float = 0.0, softcap: float | None = None, temperature: float = 1.0,
-                         num_items: Any = None, chunk_size: int | None = None, return_grad: bool = False):
+# (dx, dw, dbias): dbias is None without a bias
+Grads = Tuple[FloatArray, FloatArray, Optional[FloatArray]]
+
+
+@overload
+def linear_cross_entropy(x: ArrayLike, w: ArrayLike, target: ArrayLike, *, bias: ArrayLike | None = None,
+                         weight: ArrayLike | None = None, ignore_index: int = -100, reduction: Reduction = "mean",
+                         label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+                         temperature: float = 1.0, num_items: int | ArrayLike | None = None,
+                         chunk_size: int | None = None, return_grad: Literal[False] = False) -> FloatResult: ...
+@overload
+def linear_cross_entropy(x: ArrayLike, w: ArrayLike, target: ArrayLike, *, bias: ArrayLike | None = None,
+                         weight: ArrayLike | None = None, ignore_index: int = -100, reduction: Reduction = "mean",
+                         label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+                         temperature: float = 1.0, num_items: int | ArrayLike | None = None,
+                         chunk_size: int | None = None, return_grad: Literal[True]) -> tuple[FloatResult, Grads]: ...
+@overload
+def linear_cross_entropy(x: ArrayLike, w: ArrayLike, target: ArrayLike, *, bias: ArrayLike | None = None,
+                         weight: ArrayLike | None = None, ignore_index: int = -100, reduction: Reduction = "mean",
+                         label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+                         temperature: float = 1.0, num_items: int | ArrayLike | None = None,
+                         chunk_size: int | None = None, return_grad: bool = False
+                         ) -> FloatResult | tuple[FloatResult, Grads]: ...
+def linear_cross_entropy(x: ArrayLike, w: ArrayLike, target: ArrayLike, *, bias: ArrayLike | None = None,
+                         weight: ArrayLike | None = None, ignore_index: int = -100, reduction: Reduction = "mean",
+                         label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+                         temperature: float = 1.0, num_items: int | ArrayLike | None = None,
+                         chunk_size: int | None = None, return_grad: bool = False
+                         ) -> FloatResult | tuple[FloatResult, Grads]:
     """Cross-entropy of a linear layer's logits, ``cross_entropy(x @ w.T + bias, target)``, chunked.
 
     The logits of softmax regression and of an LLM head are (rows, V); this never holds more than
