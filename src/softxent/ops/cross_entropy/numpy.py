@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from copy import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -13,14 +13,33 @@ import array_api_compat.numpy as xp
 from softxent import _validation as v
 from softxent._arrays import Rows, accurate_dtype, as_float_array, block_rows, blocks, for_row_spans
 from softxent._options import LossOptions
+from softxent._typing import ArrayLike, FloatArray, FloatResult, Reduction
 from softxent.ops.cross_entropy import spec
 from softxent.ops.logsumexp.numpy import exp_log_sum, shift_rows
 
 
-def cross_entropy(logits: Any, target: Any, *, axis: int = -1, weight: Any = None, ignore_index: int = -100,
-                  reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
-                  softcap: float | None = None, temperature: float = 1.0, num_items: Any = None,
-                  return_grad: bool = False):
+@overload
+def cross_entropy(logits: ArrayLike, target: ArrayLike, *, axis: int = -1, weight: ArrayLike | None = None,
+                  ignore_index: int = -100, reduction: Reduction = "mean", label_smoothing: float = 0.0,
+                  z_loss: float = 0.0, softcap: float | None = None, temperature: float = 1.0,
+                  num_items: int | ArrayLike | None = None, return_grad: Literal[False] = False) -> FloatResult: ...
+@overload
+def cross_entropy(logits: ArrayLike, target: ArrayLike, *, axis: int = -1, weight: ArrayLike | None = None,
+                  ignore_index: int = -100, reduction: Reduction = "mean", label_smoothing: float = 0.0,
+                  z_loss: float = 0.0, softcap: float | None = None, temperature: float = 1.0,
+                  num_items: int | ArrayLike | None = None, return_grad: Literal[True]
+                  ) -> tuple[FloatResult, FloatArray]: ...
+@overload
+def cross_entropy(logits: ArrayLike, target: ArrayLike, *, axis: int = -1, weight: ArrayLike | None = None,
+                  ignore_index: int = -100, reduction: Reduction = "mean", label_smoothing: float = 0.0,
+                  z_loss: float = 0.0, softcap: float | None = None, temperature: float = 1.0,
+                  num_items: int | ArrayLike | None = None, return_grad: bool = False
+                  ) -> FloatResult | tuple[FloatResult, FloatArray]: ...
+def cross_entropy(logits: ArrayLike, target: ArrayLike, *, axis: int = -1, weight: ArrayLike | None = None,
+                  ignore_index: int = -100, reduction: Reduction = "mean", label_smoothing: float = 0.0,
+                  z_loss: float = 0.0, softcap: float | None = None, temperature: float = 1.0,
+                  num_items: int | ArrayLike | None = None, return_grad: bool = False
+                  ) -> FloatResult | tuple[FloatResult, FloatArray]:
     """Cross-entropy between ``softmax(logits)`` and a target: the softmax loss of every classifier.
 
     For a row of logits x with class-index target t, the loss is ``-log softmax(x)_t = lse(x) - x_t``,

@@ -9,10 +9,11 @@ import numpy as np
 
 from softxent import _validation as v
 from softxent._arrays import as_float_array
+from softxent._typing import ArrayLike, Axis, FloatResult
 from softxent.ops.cross_entropy import spec
 
 
-def entropy(p: Any, axis: Any = -1) -> np.ndarray:
+def entropy(p: ArrayLike, axis: Axis = -1) -> FloatResult:
     """Shannon entropy in nats: ``H(p) = -sum_j p_j log p_j``, with ``0 log 0 = 0``.
 
     `p` is taken as given, not renormalised. Cross-entropy splits as ``H(p) + KL(p || q)``.
@@ -39,7 +40,7 @@ def entropy(p: Any, axis: Any = -1) -> np.ndarray:
     return (-terms.sum(axis=axes)).astype(p.dtype)[()]
 
 
-def kl_divergence(p: Any, q: Any, axis: Any = -1) -> np.ndarray:
+def kl_divergence(p: ArrayLike, q: ArrayLike, axis: Axis = -1) -> FloatResult:
     """Kullback-Leibler divergence ``KL(p || q) = sum_j p_j log(p_j / q_j)`` in nats.
 
     Terms with ``p_j = 0`` are 0; a term with ``p_j > 0`` and ``q_j = 0`` makes the divergence +inf.

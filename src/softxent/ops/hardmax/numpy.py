@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import array_api_compat.numpy as xp
 import numpy as np
 
 from softxent import _validation as v
 from softxent._arrays import Rows, as_float_array, as_label_array
+from softxent._typing import ArrayLike, Axis, DTypeLike, FloatArray
 from softxent.ops.cross_entropy import spec
 
 
-def hardmax(x: Any, axis: Any = -1) -> np.ndarray:
+def hardmax(x: ArrayLike, axis: Axis = -1) -> FloatArray:
     """The one-hot of the first maximum along `axis` (ONNX Hardmax semantics).
 
     hardmax keeps only the winner: it is softmax's limit as the temperature goes to 0, and its gradient
@@ -41,7 +40,7 @@ def hardmax(x: Any, axis: Any = -1) -> np.ndarray:
     return rows.restore(out)
 
 
-def one_hot(labels: Any, num_classes: int, *, axis: int = -1, dtype: Any = np.float64) -> np.ndarray:
+def one_hot(labels: ArrayLike, num_classes: int, *, axis: int = -1, dtype: DTypeLike = np.float64) -> np.ndarray:
     """Class indices as one-hot vectors: ``one_hot(labels, C)[..., j] = (labels == j)``.
 
     Args:

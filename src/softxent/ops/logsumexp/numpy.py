@@ -23,12 +23,13 @@ NaN anywhere in a row makes the whole row NaN.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import numpy as np
 
 from softxent import _validation as v
 from softxent._arrays import Rows, accurate_dtype, as_float_array, block_rows, blocks, for_row_spans
+from softxent._typing import ArrayLike, Axis, FloatResult
 
 
 @dataclass
@@ -91,8 +92,19 @@ def exp_log_sum(shifted: np.ndarray, first: np.ndarray, out: np.ndarray) -> "Exp
         return ExpSums(np.where(top == 1.0, np.log1p(rest), np.log(total)), total, rest)
 
 
-def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, keepdims: bool = False,
-              return_sign: bool = False, where: Any = None):
+@overload
+def logsumexp(x: ArrayLike, axis: Axis = -1, *, b: ArrayLike | None = None, keepdims: bool = False,
+              return_sign: Literal[False] = False, where: ArrayLike | None = None) -> FloatResult: ...
+@overload
+def logsumexp(x: ArrayLike, axis: Axis = -1, *, b: ArrayLike | None = None, keepdims: bool = False,
+              return_sign: Literal[True], where: ArrayLike | None = None) -> tuple[FloatResult, FloatResult]: ...
+@overload
+def logsumexp(x: ArrayLike, axis: Axis = -1, *, b: ArrayLike | None = None, keepdims: bool = False,
+              return_sign: bool = False, where: ArrayLike | None = None
+              ) -> FloatResult | tuple[FloatResult, FloatResult]: ...
+def logsumexp(x: ArrayLike, axis: Axis = -1, *, b: ArrayLike | None = None, keepdims: bool = False,
+              return_sign: bool = False, where: ArrayLike | None = None
+              ) -> FloatResult | tuple[FloatResult, FloatResult]:
     """Log of the sum of exponentials, ``log(sum_j b_j * exp(x_j))``, along `axis`.
 
     Computed as ``m + log1p(sum_{j != argmax} exp(x_j - m))`` with ``m = max_j x_j``: shifting by the

@@ -8,10 +8,12 @@ import numpy as np
 
 from softxent import _validation as v
 from softxent._arrays import Rows, accurate_dtype, as_float_array, block_rows, blocks, fast_dtype, for_row_spans
+from softxent._typing import ArrayLike, Axis, FloatArray
 from softxent.ops.logsumexp.numpy import Shift, exp_log_sum, shift_rows
 
 
-def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = None) -> np.ndarray:
+def softmax(x: ArrayLike, axis: Axis = -1, *, temperature: float = 1.0,
+            where: ArrayLike | None = None) -> FloatArray:
     """Probabilities from scores: ``softmax(x)_j = exp(x_j / T) / sum_k exp(x_k / T)``.
 
     Shifted by the row max first, so exp never overflows. Unlike hardmax, which keeps only the arg max,
@@ -47,7 +49,8 @@ def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = No
     return _rowwise(x, axis, temperature, where, fast_dtype, probabilities, spare=False)
 
 
-def log_softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = None) -> np.ndarray:
+def log_softmax(x: ArrayLike, axis: Axis = -1, *, temperature: float = 1.0,
+                where: ArrayLike | None = None) -> FloatArray:
     """Log-probabilities: ``log_softmax(x)_j = x_j / T - logsumexp(x / T)``.
 
     Computed as ``(x_j - m) - log1p(sum_{k != argmax} exp(x_k - m))``: both terms are <= 0 in sign,
@@ -130,7 +133,7 @@ def _rowwise(x: Any, axis: Any, temperature: float, where: Any, precision: Calla
     return result[()] if result.ndim == 0 else result
 
 
-def softmax_grad(probs: Any, grad: Any, axis: Any = -1) -> np.ndarray:
+def softmax_grad(probs: ArrayLike, grad: ArrayLike, axis: Axis = -1) -> FloatArray:
     """Vector-Jacobian product of softmax: ``p * (g - sum_k p_k g_k)``.
 
     With ``p = softmax(x)`` and an upstream gradient ``g = dL/dp``, returns ``dL/dx``. The Jacobian
@@ -147,7 +150,7 @@ def softmax_grad(probs: Any, grad: Any, axis: Any = -1) -> np.ndarray:
     return (probs * (grad - dot)).astype(np.result_type(probs, grad))
 
 
-def log_softmax_grad(log_probs: Any, grad: Any, axis: Any = -1) -> np.ndarray:
+def log_softmax_grad(log_probs: ArrayLike, grad: ArrayLike, axis: Axis = -1) -> FloatArray:
     """Vector-Jacobian product of log-softmax: ``g - exp(log_p) * sum_k g_k``.
 
     With ``log_p = log_softmax(x)`` and an upstream gradient ``g = dL/dlog_p``, returns ``dL/dx``.
