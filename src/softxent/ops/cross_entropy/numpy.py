@@ -155,10 +155,13 @@ class CrossEntropyRows:
 
     def reduce(self, losses: np.ndarray, batch_shape: tuple, dtype: np.dtype):
         reduction = self.options.reduction
-        if reduction == "none":
-            return losses.reshape(batch_shape).astype(dtype)
-        denominator = self.denominator() if reduction == "mean" else None
-        return np.asarray(spec.reduce(xp, losses, reduction, denominator), dtype=dtype)[()]
+        # worked in float64, a float32 loss can lie beyond float32's range (a gap of 2.9e38 at T = 0.5):
+        # inf is the float32 it rounds to, so that overflow on the way out is the answer, not an error
+        with np.errstate(over="ignore"):
+            if reduction == "none":
+                return losses.reshape(batch_shape).astype(dtype)
+            denominator = self.denominator() if reduction == "mean" else None
+            return np.asarray(spec.reduce(xp, losses, reduction, denominator), dtype=dtype)[()]
 
     # --- the row kernel ----------------------------------------------------------------------------
 
@@ -266,10 +269,21 @@ class CrossEntropyRows:
         # 5. the gradient: dz_j = s (A + 2 z lse) p_j - s a_j, with p = e / sum e and A = sum_j a_j
         if grad_out is not None:
             s = grad_scale * kept
-            finite_lse = np.where(np.isinf(lse), shift.value + log_sum, lse)  # +inf rows: the limit's
+            # z-loss's share of the row factor, 2 z lse; without a z-loss none at all, so that an lse beyond
+            # the float range (1.7e308 at T = 0.5) cannot turn 0 * inf into NaN
+            z_share = 0.0
+            if options.z_loss:
+                finite_lse = np.where(np.isinf(lse), shift.value + log_sum, lse)  # +inf rows: the limit's
+                z_share = 2.0 * options.z_loss * finite_lse
             with np.errstate(all="ignore"):  # masked rows divide by 0 here; they are zeroed just below
-                row_factor = s * (total_coef + 2.0 * options.z_loss * finite_lse) / total
+                row_factor = s * (total_coef + z_share) / total
             row_factor[~kept] = 0.0
+            huge = np.flatnonzero(np.isinf(row_factor))  # a z-loss beyond the range: inf where p > 0, 0 else
+            if huge.size:
+                part = buf[huge]
+                np.multiply(part, row_factor[huge, None], out=part, where=part != 0)
+                buf[huge] = part
+                row_factor[huge] = 1.0
             buf *= row_factor[:, None]
             if labels is not None:
                 buf[rows, safe] -= s * target_coef
@@ -279,7 +293,7 @@ class CrossEntropyRows:
                 at_max = np.flatnonzero((safe == shift.first) & kept)
                 if at_max.size:
                     with np.errstate(all="ignore"):
-                        other = smooth_coef[at_max] * w_sum + 2.0 * options.z_loss * finite_lse[at_max]
+                        other = smooth_coef[at_max] * w_sum + (z_share[at_max] if options.z_loss else 0.0)
                         exact = s[at_max] * (other - target_coef[at_max] * rest[at_max]) / total[at_max]
                     buf[at_max, safe[at_max]] = exact
                 if smoothing:
@@ -295,7 +309,8 @@ class CrossEntropyRows:
                 buf /= options.temperature
             buf[~kept] = 0.0  # ignored rows with NaN logits: NaN * 0 left NaN above
             if buf is not grad_out:
-                np.copyto(grad_out, buf, casting="unsafe")
+                with np.errstate(over="ignore"):  # beyond float32's range (p / T at T = 1e-40): inf, as above
+                    np.copyto(grad_out, buf, casting="unsafe")
         return loss
 
 
