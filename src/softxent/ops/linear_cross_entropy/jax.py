@@ -1,0 +1,229 @@
+"""Linear cross-entropy for JAX: ``cross_entropy(x @ w.T + bias, target)`` without the (N, V) logits.
+
+Two sweeps, each a ``lax.scan`` over chunks, so neither the forward nor the backward holds more than
+one chunk of logits:
+
+1. forward, chunks of rows: a chunk's logits (rows, V) go through the row kernel; what stays is per
+   row (the loss, the shift, the sum without the max, the spec's coefficients: O(N));
+2. backward, chunks of the vocabulary: the logits of all rows on a slice of V columns are recomputed
+   from x and that slice of w, turned into their gradient from the per-row statistics of sweep 1, and
+   folded into dx (accumulated), dw and dbias (their slice written) before the next slice.
+
+The gradient is computed in the backward here rather than in the forward sweep (as `cross_entropy`
+does): with per-row cotangents (``reduction="none"``, token log-probs) dw = sum_i g_i dlogits_i^T x_i
+needs the cotangent, and the recomputation costs what a forward-sweep gradient would (one more
+matmul). The residuals are x, w, bias, the targets and O(N) per-row statistics, never (N, V).
+A chunk boundary that does not divide N or V is handled by clamping the last chunk's start (it
+overlaps the one before, which it recomputes bit for bit), so nothing is padded or copied.
+(Wijmans et al. 2024, "Cut your losses in large-vocabulary language models", recompute the same way.)
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from softxent import _validation as v
+from softxent._jax import arrays as ja
+from softxent._options import LossOptions
+from softxent.ops.cross_entropy import spec
+from softxent.ops.cross_entropy.jax import (Problem, RowPlan, checked_problem, denominator, finish_grad,
+                                            grad_columns, row_losses, softcapped)
+from softxent.ops.logsumexp.jax import row_stats, shifted_exp
+
+# Logits per chunk, about 4M (16 MiB in float32): XLA keeps a few chunk-sized temporaries alive (the
+# logits, their exps, the gradient), which stays far below one (N, V) array at LLM sizes.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def checked_layer(x: Any, w: Any, bias: Any):
+    x = ja.as_float(x, "x")
+    w = ja.as_float(w, "w")
+    if x.ndim < 1:
+        raise ValueError("x must have at least one dimension (the features); got a scalar")
+    if w.ndim != 2:
+        raise ValueError(f"w must have shape (V, D), two dimensions; got shape {tuple(w.shape)}")
+    if w.shape[1] != x.shape[-1]:
+        raise ValueError(f"w must have shape (V, {x.shape[-1]}) to match x's last dimension {x.shape[-1]}; "
+                         f"got shape {tuple(w.shape)}")
+    if bias is not None:
+        bias = ja.as_float(bias, "bias")
+        v.check_same_shape((w.shape[0],), tuple(bias.shape), "w's first dimension", "bias")
+    return x, w, bias
+
+
+def chunk_sizes(num_rows: int, num_classes: int, chunk_size: int | None) -> tuple[int, int]:
+    """(rows per forward chunk, columns per backward chunk), each chunk about the same number of logits."""
+    rows = chunk_size or max(1, CHUNK_ELEMENTS // max(1, num_classes))
+    rows = max(1, min(rows, num_rows))
+    cols = max(1, min(num_classes, (rows * num_classes) // max(1, num_rows)))
+    return rows, cols
+
+
+def logits_of(x, w, bias, work):
+    """x @ w.T + bias accumulated in the work dtype (float32 for 16-bit inputs)."""
+    out = lax.dot_general(x, w, (((1,), (1,)), ((), ())), preferred_element_type=work)
+    return out if bias is None else out + bias.astype(work)
+
+
+def row_sweep(num_rows: int, step: int, body: Callable, init):
+    """Run body(start) -> per-row pytree of `step` rows over chunks of rows; write them into `init`."""
+    count = -(-num_rows // step)
+
+    def scan(carry, k):
+        start = jnp.minimum(k * step, num_rows - step)  # the last chunk overlaps: same rows, same bits
+        out = body(start)
+        carry = jax.tree.map(lambda c, o: lax.dynamic_update_slice_in_dim(c, o.astype(c.dtype), start, 0), carry, out)
+        return carry, None
+
+    return lax.scan(scan, init, jnp.arange(count))[0]
+
+
+def column_sweep(num_classes: int, step: int, body: Callable, dx, dw, db):
+    """body(start, fresh) -> (g, w_slice) per slice of `step` columns; dx += g @ w_slice on fresh columns,
+    dw[slice] = g.T @ x-rows and dbias[slice] = sum g are written by `body`'s caller through `finish`."""
+    count = -(-num_classes // step)
+
+    def scan(carry, k):
+        dx, dw, db = carry
+        start = jnp.minimum(k * step, num_classes - step)
+        fresh = (start + jnp.arange(step)) >= k * step  # columns the previous slice did not cover
+        g, w_slice, rows = body(start)
+        dx = dx + jnp.where(fresh, g, 0.0) @ w_slice
+        dw = lax.dynamic_update_slice_in_dim(dw, (g.T @ rows).astype(dw.dtype), start, 0)
+        if db is not None:
+            db = lax.dynamic_update_slice_in_dim(db, jnp.sum(g, axis=0).astype(db.dtype), start, 0)
+        return (dx, dw, db), None
+
+    return lax.scan(scan, (dx, dw, db), jnp.arange(count))[0]
+
+
+def linear_cross_entropy(x: Any, w: Any, target: Any, *, bias: Any = None, weight: Any = None,
+                         ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                         z_loss: float = 0.0, softcap: float | None = None, temperature: float = 1.0,
+                         num_items: Any = None, chunk_size: int | None = None) -> jax.Array:
+    """Cross-entropy of a linear layer's logits for JAX, ``cross_entropy(x @ w.T + bias, target)``, chunked.
+
+    .. math:: \\ell_i = \\mathrm{CE}(x_i W^\\top + b,\\ t_i)
+
+    The LLM head's loss and softmax regression's: the (N, V) logits are never materialised, neither
+    in the forward (chunks of `chunk_size` rows, ``lax.scan``) nor in the backward (slices of the
+    vocabulary holding as many logits). Same options, semantics and errors as `cross_entropy`
+    (the spec's rules on jax.numpy); exact in float32 without x64.
+
+    Args:
+        x: inputs (..., D); 16-bit floats are multiplied and accumulated in float32.
+        w: the layer's weight, (V, D).
+        target: class indices of shape x.shape[:-1], or probabilities of shape x.shape[:-1] + (V,).
+        bias: (V,) or None.
+        weight, ignore_index, reduction, label_smoothing, z_loss, softcap, temperature, num_items: as
+            `cross_entropy`.
+        chunk_size: rows of logits per forward chunk (the backward's vocabulary slices hold as many
+            logits); None picks about 4M logits per chunk.
+
+    Returns:
+        The loss in the dtype of x (per row for ``"none"``). Differentiable in x, w and bias.
+
+    Example:
+        >>> import softxent.jax as sxj
+        >>> x = jnp.array([[1.0, 0.0], [0.0, 1.0]]); w = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+        >>> bool(jnp.isclose(sxj.linear_cross_entropy(x, w, jnp.array([0, 2]), chunk_size=1),
+        ...                  sxj.cross_entropy(x @ w.T, jnp.array([0, 2]))))
+        True
+
+    See also: ``softxent.linear_cross_entropy`` (NumPy), ``softxent.torch.linear_cross_entropy``.
+
+    References: Wijmans et al. (2024), "Cut your losses in large-vocabulary language models".
+    """
+    options = LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                          z_loss=z_loss, softcap=softcap, temperature=temperature)
+    chunk_size = v.check_chunk_size(chunk_size)
+    x, w, bias = checked_layer(x, w, bias)
+    num_classes, features = w.shape
+    target = ja.as_labels(target, "target")
+    logits_shape = tuple(x.shape[:-1]) + (num_classes,)
+    problem, weight, num_items = checked_problem(logits_shape, num_classes, target, weight, num_items, options,
+                                                 x.ndim - 1)
+    rows = x.reshape(-1, features)
+    num_rows = rows.shape[0]
+    target_rows = target.reshape(-1) if problem.kind == spec.INDEX else target.reshape(-1, num_classes)
+    steps = chunk_sizes(num_rows, num_classes, chunk_size)
+    loss = _linear_jit(rows, w, bias, target_rows, weight, num_items, (problem, steps))
+    return loss.reshape(x.shape[:-1]) if options.reduction == "none" else loss
+
+
+def _dtypes(rows, w, bias):
+    out = jnp.result_type(rows, w, *(() if bias is None else (bias,)))
+    return out, ja.work_dtype(out)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _linear(rows, w, bias, target, weight, num_items, static):
+    return _linear_fwd(rows, w, bias, target, weight, num_items, static)[0]
+
+
+def _linear_fwd(rows, w, bias, target, weight, num_items, static):
+    problem, (row_step, _) = static
+    out_dtype, work = _dtypes(rows, w, bias)
+    num_rows, num_classes = rows.shape[0], w.shape[0]
+    labels = target if problem.kind == spec.INDEX else None
+    denom = denominator(problem, labels, weight, num_rows, num_items, work)
+    scale = spec.gradient_scale(jnp, denom, work)
+    if num_rows == 0 or num_classes == 0:
+        losses, saved = jnp.zeros((num_rows,), work), None
+    else:
+        def body(start):
+            chunk = lax.dynamic_slice_in_dim(rows, start, row_step, 0)
+            t = lax.dynamic_slice_in_dim(target, start, row_step, 0)
+            z, _ = softcapped(logits_of(chunk, w, bias, work), problem.options)
+            stats = row_stats(z, problem.options.temperature)
+            losses, plan = row_losses(stats, t if labels is not None else None,
+                                      t.astype(work) if labels is None else None, weight, problem, scale, work)
+            return losses, plan, stats.center, stats.infinite
+
+        init = jax.eval_shape(lambda: body(0))
+        init = jax.tree.map(lambda s: jnp.zeros((num_rows,) + s.shape[1:], s.dtype), init)
+        losses, plan, center, infinite = row_sweep(num_rows, row_step, body, init)
+        saved = (plan, center, infinite)
+    loss = spec.reduce(jnp, losses, problem.options.reduction, denom).astype(out_dtype)
+    return loss, (rows, w, bias, target, weight, saved)
+
+
+def _linear_bwd(static, residual, g):
+    problem, (_, col_step) = static
+    rows, w, bias, target, weight, saved = residual
+    out_dtype, work = _dtypes(rows, w, bias)
+    num_rows, num_classes = rows.shape[0], w.shape[0]
+    dx, dw = jnp.zeros(rows.shape, work), jnp.zeros(w.shape, work)
+    db = None if bias is None else jnp.zeros(bias.shape, work)
+    if saved is not None:
+        plan, center, infinite = saved
+        upstream = (g if problem.options.reduction == "none" else jnp.broadcast_to(g, (num_rows,))).astype(work)
+        options = problem.options
+
+        def body(start):
+            w_slice = lax.dynamic_slice_in_dim(w, start, col_step, 0)
+            b_slice = None if bias is None else lax.dynamic_slice_in_dim(bias, start, col_step, 0)
+            z, t = softcapped(logits_of(rows, w_slice, b_slice, work), options)
+            _, _, e = shifted_exp(z, center, infinite, options.temperature)
+            columns = start + jnp.arange(col_step)
+            weight_cols = None if weight is None else lax.dynamic_slice_in_dim(weight, start, col_step, 0).astype(work)
+            coef_cols = None
+            if problem.kind == spec.PROBS:
+                probs = lax.dynamic_slice_in_dim(target, start, col_step, 1).astype(work)
+                coef_cols = spec.probability_coefficients(jnp, probs, weight_cols, options, num_classes, work)
+            grad = grad_columns(e, columns, plan, problem, weight_cols, coef_cols)
+            grad = finish_grad(grad, plan, t, options, work) * upstream[:, None]
+            return grad, w_slice.astype(work), rows.astype(work)
+
+        dx, dw, db = column_sweep(num_classes, col_step, body, dx, dw, db)
+    return (dx.astype(rows.dtype), dw.astype(w.dtype), None if bias is None else db.astype(bias.dtype),
+            None, None, None)
+
+
+_linear.defvjp(_linear_fwd, _linear_bwd)
+_linear_jit = jax.jit(_linear, static_argnums=(6,))
