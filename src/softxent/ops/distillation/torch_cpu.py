@@ -24,7 +24,7 @@ _INF = float("inf")
 def _log_softmax(x: torch.Tensor, temperature: float, buf: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     """buf = log softmax(x / T) = d - L (the shift first, then T), exact; returns the rows not all -inf."""
     buf.copy_(x)
-    shift, first = torch.max(buf, dim=1, keepdim=True)
+    shift, first = buf.amax(dim=1, keepdim=True), buf.argmax(dim=1, keepdim=True)  # not torch.max(dim): slow
     live = shift != -_INF
     if not math.isfinite(float(shift.sum())):  # rare: -inf, +inf or NaN rows
         infinite = (shift == _INF).view(-1)

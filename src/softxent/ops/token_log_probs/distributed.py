@@ -134,7 +134,7 @@ def _chunks(num_rows: int, num_classes: int):
 def _shifted(z: torch.Tensor, temperature: float, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(d, m, first): d = (z - max z) / T <= 0 with +inf rows at their limit, m = max z / T, the first max."""
     d = z.to(dtype)
-    m, first = torch.max(d, dim=1, keepdim=True)
+    m, first = d.amax(dim=1, keepdim=True), d.argmax(dim=1, keepdim=True)  # not torch.max(dim): slow on the CPU
     shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     d = d - shift
     infinite = (m == _INF).view(-1)
