@@ -136,24 +136,31 @@ def _finish(m, rest, s, b, z_t, t_coef, kept, bad, uniform, z_loss, post, PROBS:
 
 
 @triton.jit
-def _grad_factors(m, rest, lse, log_sum, total, keep, bad, scale_ptr, scale_value, z_loss,
+def _grad_factors(m, rest, lse, log_sum, total, t_coef, keep, bad, scale_ptr, scale_value, z_loss,
                   HAS_Z: tl.constexpr, HAS_SCALE_PTR: tl.constexpr):
-    """The row's s (scale on rows that count, NaN for a bad label) and factor = s (A + 2 z lse) / sum e."""
+    """The row's s (scale on rows that count, NaN for a bad label), factor = s (A + 2 z lse) / sum e, and
+    the target's entry where the target holds the max: s ((F - a_t) - a_t rest) / sum e, with F the factor's
+    A + 2 z lse and rest the sum without the max's own 1, so p_t - 1 is -rest / sum e, never a cancellation
+    (rule 11). F - a_t is the smoothing share and the z-loss's, 0 without either."""
     scale = scale_value
     if HAS_SCALE_PTR:
         scale = scale * tl.load(scale_ptr).to(tl.float32)  # "mean" stays on the device: no sync
     row_scale = tl.where(keep, scale, 0.0)
     row_scale = tl.where(bad, float("nan"), row_scale)
+    other = total - t_coef
     if HAS_Z:
         # a row holding +inf: the z-loss slope is taken at the finite log of its +inf count (the NumPy spec)
-        total = total + 2.0 * z_loss * tl.where(m == float("inf"), log_sum, lse)
+        z_share = 2.0 * z_loss * tl.where(m == float("inf"), log_sum, lse)
+        total = total + z_share
+        other = other + z_share
     factor = tl.where(row_scale == 0.0, 0.0, row_scale * total / (1.0 + rest))
-    return row_scale, factor
+    target_value = tl.where(row_scale == 0.0, 0.0, row_scale * (other - t_coef * rest) / (1.0 + rest))
+    return row_scale, factor, target_value
 
 
 @triton.jit
-def _chunk_grad(x_row, g_row, probs_row, weight_ptr, lo, hi, m, factor, row_scale, label, t_coef, smooth,
-                keep_target, uniform, softcap, inv_temperature, BLOCK: tl.constexpr, PROBS: tl.constexpr,
+def _chunk_grad(x_row, g_row, probs_row, weight_ptr, lo, hi, m, factor, row_scale, label, t_coef, target_value,
+                smooth, keep_target, uniform, softcap, inv_temperature, BLOCK: tl.constexpr, PROBS: tl.constexpr,
                 HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                 HAS_TEMPERATURE: tl.constexpr):
     """3. Write dloss/dx over columns [lo, hi): each block is read, then written (in place is safe)."""
@@ -163,11 +170,14 @@ def _chunk_grad(x_row, g_row, probs_row, weight_ptr, lo, hi, m, factor, row_scal
         valid = cols < hi
         x = tl.load(x_row + cols, mask=valid, other=0.0).to(tl.float32)
         z = transform(x, softcap, inv_temperature, HAS_SOFTCAP)
-        g = factor * tl.exp(shifted(z, m, post))
+        d = shifted(z, m, post)
+        g = factor * tl.exp(d)
         if PROBS:
             g -= row_scale * _coef(probs_row, weight_ptr, cols, valid, keep_target, uniform, PROBS, HAS_WEIGHT)
         else:
-            g -= tl.where(cols == label, row_scale * t_coef, 0.0)
+            at_target = cols == label
+            g -= tl.where(at_target, row_scale * t_coef, 0.0)
+            g = tl.where(at_target & (d == 0.0), target_value, g)  # the target holds the max: see _grad_factors
             if SMOOTH:
                 g -= (row_scale * smooth) * _coef(probs_row, weight_ptr, cols, valid, keep_target, uniform,
                                                   PROBS, HAS_WEIGHT)
@@ -208,10 +218,10 @@ def _ce_fused_kernel(x_ptr, x_stride, target_ptr, target_stride, weight_ptr, gra
     tl.store(loss_ptr + row, loss)
     tl.store(lse_ptr + row, lse)
     if HAS_GRAD:
-        row_scale, factor = _grad_factors(m, rest, lse, log_sum, total, keep, bad, scale_ptr, scale_value,
-                                          z_loss, HAS_Z, HAS_SCALE_PTR)
+        row_scale, factor, target_value = _grad_factors(m, rest, lse, log_sum, total, t_coef, keep, bad,
+                                                        scale_ptr, scale_value, z_loss, HAS_Z, HAS_SCALE_PTR)
         _chunk_grad(x_row, grad_ptr + row * grad_stride, probs_row, weight_ptr, 0, num_classes, m, factor,
-                    row_scale, label, t_coef, smooth, keep_target, uniform, softcap, inv_temperature, BLOCK,
+                    row_scale, label, t_coef, target_value, smooth, keep_target, uniform, softcap, inv_temperature, BLOCK,
                     PROBS, HAS_WEIGHT, SMOOTH, HAS_SOFTCAP, HAS_TEMPERATURE)
 
 
@@ -281,12 +291,12 @@ def _ce_finish_kernel(x_ptr, x_stride, target_ptr, target_stride, weight_ptr, gr
     tl.store(loss_ptr + row, loss, mask=split == 0)
     tl.store(lse_ptr + row, lse, mask=split == 0)
     if HAS_GRAD:
-        row_scale, factor = _grad_factors(m, rest, lse, log_sum, total, keep, bad, scale_ptr, scale_value,
-                                          z_loss, HAS_Z, HAS_SCALE_PTR)
+        row_scale, factor, target_value = _grad_factors(m, rest, lse, log_sum, total, t_coef, keep, bad,
+                                                        scale_ptr, scale_value, z_loss, HAS_Z, HAS_SCALE_PTR)
         lo = split * chunk
         hi = tl.minimum(lo + chunk, num_classes)
         _chunk_grad(x_ptr + row * x_stride, grad_ptr + row * grad_stride, probs_row, weight_ptr, lo, hi, m,
-                    factor, row_scale, label, t_coef, smooth, keep_target, uniform, softcap, inv_temperature,
+                    factor, row_scale, label, t_coef, target_value, smooth, keep_target, uniform, softcap, inv_temperature,
                     BLOCK, PROBS, HAS_WEIGHT, SMOOTH, HAS_SOFTCAP, HAS_TEMPERATURE)
 
 
