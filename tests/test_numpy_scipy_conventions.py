@@ -87,3 +87,17 @@ def test_softmax_of_arrays_stays_an_array():
     # the control: only a 0-d result becomes a scalar; a (1,) row keeps its axis
     assert isinstance(sx.softmax(np.array([3.0])), np.ndarray) and sx.softmax(np.array([3.0])).shape == (1,)
     assert isinstance(sx.log_softmax(np.zeros((0, 3))), np.ndarray)
+
+
+def test_a_0d_input_with_the_default_axis_is_one_score_as_in_numpy_and_scipy():
+    # NumPy's reductions read axis 0 or -1 of a 0-d array as the whole of it, and SciPy's functions follow:
+    # softmax(1000) is 1, not an out-of-range axis
+    assert sx.softmax(1000) == scipy.special.softmax(1000, axis=-1) == 1.0
+    assert sx.log_softmax(np.float32(1.0)) == 0.0 and sx.log_softmax(np.float32(1.0)).dtype == np.float32
+    assert sx.logsumexp(1000.0) == scipy.special.logsumexp(1000.0, axis=-1) == 1000.0
+    assert sx.logsumexp(3.0, axis=0) == 3.0
+    assert sx.softmax(-np.inf) == 0.0  # rule 2: a fully masked row (of one) gives zeros, never NaN
+    with pytest.raises(ValueError, match="axis 1 is out of range for an input with 0 dimension"):
+        sx.softmax(3.0, axis=1)
+    with pytest.raises(TypeError, match="axis must be an int"):
+        sx.logsumexp(3.0, axis=False)

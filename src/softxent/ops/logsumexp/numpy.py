@@ -22,6 +22,7 @@ NaN anywhere in a row makes the whole row NaN.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, overload
 
@@ -30,6 +31,14 @@ import numpy as np
 from softxent import _validation as v
 from softxent._arrays import Rows, accurate_dtype, as_float_array, block_rows, blocks, for_row_spans
 from softxent._typing import ArrayLike, Axis, FloatResult
+
+
+def class_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
+    """The class axes, with NumPy's reductions' (and SciPy's) reading of a 0-d input: axis 0 or -1 of one
+    score is that score, so ``softmax(1000)`` is 1 as in SciPy rather than an out-of-range axis."""
+    if ndim == 0 and isinstance(axis, numbers.Integral) and not isinstance(axis, bool) and axis in (0, -1):
+        return ()
+    return v.normalize_axes(axis, ndim)
 
 
 @dataclass
@@ -151,7 +160,7 @@ def logsumexp(x: ArrayLike, axis: Axis = -1, *, b: ArrayLike | None = None, keep
         except ValueError:
             raise ValueError(f"b of shape {b.shape} does not broadcast with x of shape {x.shape}") from None
         x = np.broadcast_to(x, shape)
-    axes = v.normalize_axes(axis, x.ndim)
+    axes = class_axes(axis, x.ndim)
     rows = Rows(x, axes)
     data = rows.data
     keep = _mask(rows, where, b)

@@ -9,7 +9,7 @@ import numpy as np
 from softxent import _validation as v
 from softxent._arrays import Rows, accurate_dtype, as_float_array, block_rows, blocks, fast_dtype, for_row_spans
 from softxent._typing import ArrayLike, Axis, FloatArray
-from softxent.ops.logsumexp.numpy import Shift, exp_log_sum, shift_rows
+from softxent.ops.logsumexp.numpy import Shift, class_axes, exp_log_sum, shift_rows
 
 
 def softmax(x: ArrayLike, axis: Axis = -1, *, temperature: float = 1.0,
@@ -32,6 +32,7 @@ def softmax(x: ArrayLike, axis: Axis = -1, *, temperature: float = 1.0,
     Returns:
         An array of the shape and float dtype of `x` whose entries along `axis` sum to 1. A fully
         masked row (all -inf, or where all False) gives zeros; +inf entries share the mass equally.
+        A 0-d input gives a NumPy scalar, 1 (or NaN), as SciPy's softmax.
 
     Example:
         >>> import softxent as sx
@@ -64,6 +65,7 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, *, temperature: float = 1.0,
 
     Returns:
         An array of the shape and float dtype of `x`. A fully masked row gives -inf everywhere.
+        A 0-d input gives a NumPy scalar, 0 (or NaN), as SciPy's log_softmax.
 
     Example:
         >>> import softxent as sx
@@ -94,7 +96,7 @@ def _rowwise(x: Any, axis: Any, temperature: float, where: Any, precision: Calla
     """
     x = as_float_array(x, "x")
     temperature = v.check_temperature(temperature)
-    rows = Rows(x, v.normalize_axes(axis, x.ndim))
+    rows = Rows(x, class_axes(axis, x.ndim))
     data = rows.data
     if where is not None:
         where = np.asarray(where)
