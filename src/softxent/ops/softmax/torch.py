@@ -94,7 +94,7 @@ def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 
         >>> sxt.log_softmax(torch.tensor([1.0, 2.0, 3.0]), 0).round(decimals=4)
         tensor([-2.4076, -1.4076, -0.4076])
         >>> float(sxt.log_softmax(torch.tensor([40.0, 0, 0, 0], dtype=torch.float64), 0)[0])
-        -1.2746996993589544e-17
+        -1.2745062765874767e-17
 
     See also: softxent.log_softmax (NumPy), softxent.torch.triton.log_softmax_rows (the CUDA kernel).
 
