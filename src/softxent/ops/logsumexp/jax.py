@@ -153,10 +153,9 @@ def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, where: Any = None) -> ja
             b = jnp.broadcast_to(b, x.shape).astype(x.dtype)
         except ValueError:
             raise ValueError(f"b of shape {tuple(b.shape)} does not broadcast to x of shape {x.shape}") from None
-        nonzero = b != 0
-        keep = nonzero if keep is None else keep & nonzero
     if keep is not None:
-        x = jnp.where(keep, x, -jnp.inf)
+        x = jnp.where(keep, x, -jnp.inf)  # a masked entry leaves the sum; jnp.where's gradient there is 0
+    # entries with b == 0 leave the sum inside _lse_b, which keeps their gradient in b
     rows = ja.axes_last(x, axes)
     out_shape = ja.reduced_shape(x.shape, axes)
     if b is None:
@@ -191,14 +190,17 @@ def _lse_b(rows, b):
 def _lse_b_fwd(rows, b):
     # signed scale factors may cancel: no log1p here, log|sum b e| with the sign checked
     work = ja.work_dtype(rows.dtype)
-    stats = row_stats(rows.astype(work))
-    bw = jnp.where(b != 0, b.astype(work), 0.0)
+    x, b = rows.astype(work), b.astype(work)
+    stats = row_stats(jnp.where(b != 0, x, -jnp.inf), 1.0)  # b == 0 leaves the sum: 0 * exp(inf) is 0
     e = jnp.where(b != 0, stats.e, 0.0)
-    total = jnp.sum(bw * e, axis=-1)
+    total = jnp.sum(b * e, axis=-1)
     lse = stats.shift + jnp.log(jnp.where(total > 0, total, jnp.where(total == 0, 0.0, jnp.nan)))
     lse = jnp.where(stats.infinite, jnp.where(total > 0, jnp.inf, jnp.nan), lse)
     safe = jnp.where(total > 0, total, 1.0)[..., None]
-    grad_x, grad_b = bw * e / safe, e / safe
+    # d/db_j = exp(x_j - lse) also where b_j = 0 (there exp is taken outside the sum's shift)
+    with jax.numpy_rank_promotion("allow"):
+        e_all = jnp.where(b != 0, stats.e, jnp.exp(x - stats.center[..., None]))
+    grad_x, grad_b = b * e / safe, e_all / safe
     return lse.astype(rows.dtype), (grad_x.astype(rows.dtype), grad_b.astype(rows.dtype))
 
 

@@ -212,7 +212,7 @@ def linear_token_log_probs(x: Any, w: Any, target: Any, *, bias: Any = None, tem
     num_classes, features = w.shape
     target = ja.as_labels(target, "target")
     _checked_labels(tuple(x.shape[:-1]) + (num_classes,), num_classes, target, x.ndim - 1, options.ignore_index,
-                    logits_name="x @ w.T")
+                    logits_name="the logits x @ w.T")
     rows = x.reshape(-1, features)
     steps = chunk_sizes(rows.shape[0], num_classes, chunk_size)
     problem = Problem(options, spec.INDEX, num_classes)
