@@ -71,7 +71,7 @@ def run_ce(case, rank, world, group=None):
     return {"loss": loss.detach(), "grad": grad, "forward": forward, "backward": LOG[mark:]}
 
 
-def run_linear(case, rank, world):
+def run_linear(case, rank, world, group=None):
     start, stop = slice_of(case["sizes"], rank)
     x = case["x"].clone().requires_grad_(True)
     w = case["w"][start:stop].clone().requires_grad_(True)
@@ -80,13 +80,56 @@ def run_linear(case, rank, world):
     if target.is_floating_point():
         target = target[..., start:stop].clone()
     mark, chunks = len(LOG), len(LOGITS_ROWS)
-    loss = vocab_parallel_linear_cross_entropy(x, w, target, local_bias=b, **case["options"])
+    loss = vocab_parallel_linear_cross_entropy(x, w, target, local_bias=b, group=group, **case["options"])
     forward = LOG[mark:]
     mark = len(LOG)
     for _ in range(case.get("backward_passes", 1)):  # twice: the gradients accumulate, each pass the same
         loss.backward(case["upstream"], retain_graph=True)
     return {"loss": loss.detach(), "dx": x.grad, "dw": w.grad, "db": None if b is None else b.grad,
             "forward": forward, "backward": LOG[mark:], "logits_rows": LOGITS_ROWS[chunks:]}
+
+
+GROUPS: dict = {}  # ranks -> process group, made once (every rank makes each, in the same order)
+
+
+def on_ranks(case, rank, world, run):
+    """Run a case on the group of case["ranks"] (all ranks when absent): one spawn of 3 processes serves
+    worlds of 1, 2 and 3 ranks. Returns None on ranks outside the group."""
+    ranks = case.get("ranks")
+    if ranks is None:
+        return run(case, rank, world, None)
+    key = tuple(ranks)
+    if key not in GROUPS:
+        GROUPS[key] = dist.new_group(list(ranks))
+    if rank not in ranks:
+        return {"value": None}
+    return run(case, ranks.index(rank), len(ranks), GROUPS[key])
+
+
+def run_token(case, rank, world, group=None):
+    """vocab_parallel_token_log_probs on this rank's slice; both outputs' gradients with random upstreams."""
+    from softxent.torch.distributed import vocab_parallel_token_log_probs
+
+    start, stop = slice_of(case["sizes"], rank)
+    local = case["logits"][..., start:stop].clone().requires_grad_(True)
+    mark = len(LOG)
+    lp, h = vocab_parallel_token_log_probs(local, case["target"], return_entropy=True, group=group,
+                                           **case["options"])
+    forward = LOG[mark:]
+    mark = len(LOG)
+    (lp * case["upstream"] + h * case["upstream_entropy"]).sum().backward()
+    return {"lp": lp.detach(), "h": h.detach(), "grad": local.grad, "forward": forward, "backward": LOG[mark:]}
+
+
+def run_num_items(case, rank, world, group=None):
+    """global_num_items over ranks holding different targets, then the distributed losses with it."""
+    from softxent.torch.distributed import global_num_items
+
+    count = global_num_items(case["targets"][rank], ignore_index=case["ignore_index"], group=group)
+    ce = run_ce(dict(case["ce"], options=dict(case["ce"]["options"], num_items=count)), rank, world, group=group)
+    linear = run_linear(dict(case["linear"], options=dict(case["linear"]["options"], num_items=int(count))), rank,
+                        world, group=group)
+    return {"count": count, "ce": ce, "linear": linear}
 
 
 def run_fault(case, rank, world):
@@ -160,6 +203,10 @@ def main() -> None:
                 result = run_linear(case, rank, world)
             elif kind == "subgroup":
                 result = run_subgroup(case, rank, world)
+            elif kind == "token":
+                result = on_ranks(case, rank, world, run_token)
+            elif kind == "num_items":
+                result = on_ranks(case, rank, world, run_num_items)
             elif kind == "fault":
                 result = {"value": run_fault(case, rank, world)}
             else:

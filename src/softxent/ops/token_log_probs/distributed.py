@@ -210,7 +210,8 @@ def gradient(z: torch.Tensor, plan: _Plan, rows: slice, g: torch.Tensor, hg: tor
     grad = -gr * p
     if hg is not None:
         hr = torch.where(live, hg[rows], torch.zeros_like(hg[rows])).to(plan.dtype).view(-1, 1)
-        centred = p * (neg_d - c["spread"][rows].to(plan.dtype).view(-1, 1))
+        # 0 where p_j = 0: a slice far below the max has delta = inf there, and 0 * inf is dropped
+        centred = torch.where(p > 0, p * (neg_d - c["spread"][rows].to(plan.dtype).view(-1, 1)), 0.0)
         grad = grad + hr * centred
     owned = torch.nonzero(plan.owned[rows] & live).view(-1)
     if owned.numel():
