@@ -53,18 +53,7 @@ CASES = all_cases()
 BY_ID = {case.id: case for case in CASES}
 
 # (case id, layer) -> the bug. Each entry is one case on one layer, never a whole op or layer.
-_DIST_HUGE = ("vocab_parallel_cross_entropy gradient wrong for huge tied logits: [1e30, 1e30] target 0 gives "
-              "[0, 1], exact [-0.5, 0.5]")
-_DIST_TARGET = "vocab_parallel_cross_entropy's target gradient p_t - 1 cancels to 0 near p_t = 1 (rule 11)"
-_DIST_SHIFT = ("vocab_parallel_cross_entropy gradient loses digits with |lse| large: p = exp(x - lse) with lse rounded "
-               "(700-7000 ulp at logits ~3e3; 200 ulp on the option grid)")
 KNOWN_BUGS: dict[tuple[str, str], str] = {
-    **{(f"cross_entropy-{dtype}-{name}", layer): reason
-       for layer in ("dist1", "dist2") for dtype in ("float32", "float64")
-       for names, reason in ((("huge-tie", "huge-negative"), _DIST_HUGE),
-                             (("dominant-target", "dominant-target-3", "dominant-40"), _DIST_TARGET),
-                             (("negative-shift", "positive-shift"), _DIST_SHIFT)) for name in names},
-    **{("cross_entropy-float32-index-none-weight", layer): _DIST_SHIFT for layer in ("dist1", "dist2")},
 }
 
 
