@@ -10,9 +10,11 @@ logits O(1), so Gemma's soft-cap (set to 2.0) bends them and a missing cap fails
 from __future__ import annotations
 
 import copy
+import functools
 import os
+import types
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests build models from configs; never reach a hub
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests build models from configs; never reach a hub
 
 import pytest
 import torch
@@ -277,3 +279,35 @@ def test_custom_loss_function_or_head_raises_typeerror():
     ids, mask, labels = batch()
     with pytest.raises(TypeError, match="lm_head became Sequential"):
         model(input_ids=ids, labels=labels)
+
+
+def _instance_wrapper(model, calls):
+    """An instance-level forward over the current one, as accelerate installs for autocast."""
+    inner = model.forward
+
+    def forward(self, *args, **kwargs):
+        calls.append("labels" in kwargs and kwargs["labels"] is not None)
+        return inner(*args, **kwargs)
+
+    return types.MethodType(functools.wraps(inner.__func__)(forward), model)
+
+
+def test_instance_forwards_installed_before_or_after_apply_are_kept():
+    ids, mask, labels = batch()
+    # before apply: softxent wraps it (it still runs, with labels removed) and remove puts it back
+    model, stock = build("phi3")
+    calls = []
+    model = sxhf.remove(model)
+    model.forward = wrapper = _instance_wrapper(model, calls)
+    sxhf.apply(model)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    assert out.logits is None and calls == [False]
+    assert_close(out.loss, reference_loss(stock, ids, mask, labels), what="loss through the wrapper")
+    assert sxhf.remove(model).forward is wrapper
+    # after apply: remove leaves the outer wrapper, and the softxent layer under it passes through
+    model, stock = build("phi3")
+    model.forward = _instance_wrapper(model, calls)
+    sxhf.remove(model)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    assert out.logits is not None
+    assert torch.equal(out.loss, stock(input_ids=ids, attention_mask=mask, labels=labels).loss)

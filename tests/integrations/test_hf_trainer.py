@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests build models from configs; never reach a hub
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests build models from configs; never reach a hub
 
 import pytest
 import torch

@@ -93,7 +93,6 @@ def apply(model, *, chunk_size: int | None = None):
         ValueError: ``chunk_size`` is not a positive integer.
 
     Example:
-        >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"
         >>> import torch, transformers, softxent.integrations.transformers as sxhf
         >>> torch.manual_seed(0) and None
         >>> config = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
@@ -138,7 +137,6 @@ def remove(model):
     instance), that wrapper stays and the softxent layer under it becomes a pass-through.
 
     Example:
-        >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"
         >>> import torch, transformers, softxent.integrations.transformers as sxhf
         >>> config = transformers.Qwen2Config(vocab_size=40, hidden_size=16, intermediate_size=32,
         ...                                   num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
