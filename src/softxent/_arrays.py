@@ -9,6 +9,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from softxent import _validation as v
+
+# The array namespace the ops' spec runs on for NumPy arrays: NumPy's own main namespace where it speaks the
+# array API (2.1 and later: np.astype), without array_api_compat's wrappers, whose few microseconds a call
+# are most of a small problem's cost; older NumPy through the compatibility layer.
+if hasattr(np, "astype"):
+    xp = np
+else:  # pragma: no cover - NumPy < 2.1
+    import array_api_compat.numpy as xp
 from softxent._spans import SpanPool, configured_threads
 
 

@@ -8,10 +8,9 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-import array_api_compat.numpy as xp
 
 from softxent import _validation as v
-from softxent._arrays import Rows, accurate_dtype, as_float_array, block_rows, blocks, for_row_spans
+from softxent._arrays import Rows, accurate_dtype, as_float_array, block_rows, blocks, for_row_spans, xp
 from softxent._options import LossOptions
 from softxent._typing import ArrayLike, FloatArray, FloatResult, Reduction
 from softxent.ops.cross_entropy import spec
@@ -117,6 +116,7 @@ class CrossEntropyRows:
         self.weight = weight  # (C,) float64, or None
         self.options = options
         self.num_items = num_items
+        self._denominator = None
 
     @classmethod
     def build(cls, logits_shape: tuple, num_classes: int, target: Any, weight: Any, options: LossOptions,
@@ -143,11 +143,14 @@ class CrossEntropyRows:
     # --- reduction ---------------------------------------------------------------------------------
 
     def denominator(self) -> np.ndarray:
-        """What "mean" divides by (the spec's rule 6, or num_items)."""
-        kind = spec.INDEX if self.labels is not None else spec.PROBS
-        num_rows = self.labels.size if self.labels is not None else self.probs.shape[0]
-        return spec.mean_denominator(xp, kind, self.labels, self.weight, self.options.ignore_index, num_rows,
-                                     np.float64, num_classes=self.num_classes, num_items=self.num_items)
+        """What "mean" divides by (the spec's rule 6, or num_items), computed once."""
+        if self._denominator is None:
+            kind = spec.INDEX if self.labels is not None else spec.PROBS
+            num_rows = self.labels.size if self.labels is not None else self.probs.shape[0]
+            self._denominator = spec.mean_denominator(
+                xp, kind, self.labels, self.weight, self.options.ignore_index, num_rows, np.float64,
+                num_classes=self.num_classes, num_items=self.num_items)
+        return self._denominator
 
     def grad_scale(self) -> float:
         denominator = self.denominator() if self.options.reduction == "mean" else None
@@ -180,6 +183,12 @@ class CrossEntropyRows:
             return losses
         work_dtype = accurate_dtype(logits.dtype)
         step = block_rows(num_classes, work_dtype.itemsize)
+        if num_rows <= step:  # one block (every small problem): no spans, no scratch views
+            scratch = _Scratch((num_rows, num_classes), work_dtype,
+                               tanh=grad_out is not None and self.options.softcap is not None,
+                               coef=probs is not None, main=grad_out is None or grad_out.dtype != work_dtype)
+            losses[:] = self._block(logits, labels, probs, grad_out, grad_scale, scratch)
+            return losses
 
         def work(start: int, stop: int) -> None:
             scratch = _Scratch((min(step, stop - start), num_classes), work_dtype,

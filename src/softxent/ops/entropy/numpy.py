@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import array_api_compat.numpy as xp
 import numpy as np
 
 from softxent import _validation as v
-from softxent._arrays import as_float_array
+from softxent._arrays import as_float_array, xp
 from softxent._typing import ArrayLike, Axis, FloatResult
 from softxent.ops.cross_entropy import spec
 

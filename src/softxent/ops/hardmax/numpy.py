@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import array_api_compat.numpy as xp
 import numpy as np
 
 from softxent import _validation as v
-from softxent._arrays import Rows, as_float_array, as_label_array
+from softxent._arrays import Rows, as_float_array, as_label_array, xp
 from softxent._typing import ArrayLike, Axis, DTypeLike, FloatArray
 from softxent.ops.cross_entropy import spec
 
