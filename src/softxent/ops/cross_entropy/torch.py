@@ -111,12 +111,17 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     if robust:
         want_grad = True  # torch.func.grad's inputs need not say requires_grad
     check = bool(check_labels)
-    if check and path == COMPOSITE:  # the custom op checks inside; here, on the values under any wrapper
+    if path == COMPOSITE and not robust and _is_lean(input, target, options, num_items, check):
+        path = LEAN
+    elif check and path == COMPOSITE:  # the custom op checks inside; here, on the values under any wrapper
         _backend.check_values(_plain(target), _plain(options.weight), input.shape[_class_dim(input)],
                               options.ignore_index, input)
     call = _Call(want_grad=want_grad, inplace=inplace, check=check, return_lse=bool(return_lse),
                  num_items=num_items, path=path, robust=robust)
-    loss, lse, _ = _CrossEntropyFunction.apply(input, target, options, call)
+    if robust or torch.compiler.is_compiling():
+        loss, lse, _ = _CrossEntropyFunction.apply(input, target, options, call)
+    else:  # eager: the C apply itself, without Function.apply's per-call inspect.signature (~20 us)
+        loss, lse, _ = _apply_function(_CrossEntropyFunction, input, target, options, call)
     return (loss, lse) if return_lse else loss
 
 
@@ -192,9 +197,9 @@ def _class_dim(input: torch.Tensor) -> int:
 # At most this many logits take the composite path in eager mode: a few fused aten calls in float64 on
 # the calling thread, whose fixed cost is torch's own; above it the fused chunked op (custom op, span
 # threads, float32 work) wins. Measured where the two cross (benchmarks/bench_torch_shapes.py).
-SMALL_MAX_ELEMENTS = 1 << 17
+SMALL_MAX_ELEMENTS = 1 << 15
 
-COMPOSITE, FUSED = "composite", "fused"
+LEAN, COMPOSITE, FUSED = "lean", "composite", "fused"
 
 
 @dataclass(frozen=True)
@@ -264,7 +269,7 @@ def denominator(target: torch.Tensor, options: LossOptions, num_items, *, num_cl
 def _work_dtype(input: torch.Tensor, call: _Call) -> torch.dtype:
     """The composite path works in float64 (exact to the last float32 bit, and cheap at its sizes); a large
     problem under torch.func transforms works in the accumulation dtype, as the fused op."""
-    if call.path == COMPOSITE and (not call.robust or input.numel() <= SMALL_MAX_ELEMENTS):
+    if call.path in (LEAN, COMPOSITE) and (not call.robust or input.numel() <= SMALL_MAX_ELEMENTS):
         return torch.float64
     return accumulation_dtype(input.dtype)
 
@@ -274,6 +279,30 @@ def cross_entropy_forward(input: torch.Tensor, target: torch.Tensor, options: Lo
 
     The gradient is that of the returned loss, already divided by the "mean" denominator.
     """
+    if call.path in (LEAN, COMPOSITE) and not call.robust:
+        # one thread: torch's vector math (exp, log) forks its pool from 2048 elements on, and at these
+        # sizes the fork and join cost more than the work (milliseconds when the machine is busy)
+        threads = torch.get_num_threads()
+        if threads > 1:
+            torch.set_num_threads(1)
+        try:
+            return _small_forward(input, target, options, call)
+        finally:
+            if threads > 1:
+                torch.set_num_threads(threads)
+    return _forward(input, target, options, call)
+
+
+def _small_forward(input, target, options: LossOptions, call: _Call):
+    if call.path == LEAN:
+        result = _lean(input, target, options, call)
+        if result is not None:
+            return result
+        call = replace(call, path=COMPOSITE)  # a fully masked, +inf or NaN row: the general path decides
+    return _forward(input, target, options, call)
+
+
+def _forward(input, target, options: LossOptions, call: _Call):
     acc = _work_dtype(input, call)
     num_classes = input.shape[_class_dim(input)]
     denom = denominator(target, options, call.num_items, num_classes=num_classes,
@@ -282,12 +311,15 @@ def cross_entropy_forward(input: torch.Tensor, target: torch.Tensor, options: Lo
     if call.path == COMPOSITE:
         losses, lse, grad = _composite(input, target, options, grad_scale, call, acc)
     elif call.inplace:
-        losses, lse = torch.ops.softxent.cross_entropy_(input, target, options.weight, options.encode(), grad_scale,
-                                                        call.check)
+        # eager, the op's body itself: the custom op's wrapper costs tens of microseconds a call, and its
+        # first call imports torch._dynamo (seconds); torch.compile needs the op, opaque to tracing
+        op = torch.ops.softxent.cross_entropy_ if torch.compiler.is_compiling() else _cross_entropy_inplace
+        losses, lse = op(input, target, options.weight, options.encode(), grad_scale, call.check)
         grad = input.new_empty(0)  # the gradient is the input's own buffer (setup_context takes it)
     else:
-        losses, lse, grad = torch.ops.softxent.cross_entropy(input, target, options.weight, options.encode(),
-                                                             grad_scale, call.want_grad, call.check)
+        op = torch.ops.softxent.cross_entropy if torch.compiler.is_compiling() else _cross_entropy
+        losses, lse, grad = op(input, target, options.weight, options.encode(), grad_scale, call.want_grad,
+                               call.check)
     loss = spec.reduce(xp, losses, options.reduction, denom)
     return loss.to(input.dtype), lse.to(input.dtype), grad
 
@@ -300,9 +332,20 @@ def cross_entropy_backward(grad: torch.Tensor, grad_loss: torch.Tensor, class_di
     """
     if grad_loss.dim():
         grad_loss = grad_loss.unsqueeze(class_dim)
-    if grad_loss.device.type == "cpu" and not torch.compiler.is_compiling() and bool((grad_loss == 1).all()):
+        if grad_loss.device.type == "cpu" and bool((grad_loss == 1).all()):
+            return grad
+    elif grad_loss.device.type == "cpu" and grad_loss.item() == 1.0:
         return grad
     return grad.mul_(grad_loss)
+
+
+_C_APPLY = torch._C._FunctionBase.__dict__["apply"]
+
+
+def _apply_function(function, *args):
+    """function.apply(*args) outside torch.func and torch.compile: what Function.apply does there, less the
+    binding of default arguments (forward has none) that it redoes on every call of a setup_context Function."""
+    return _C_APPLY.__get__(None, function)(*args)
 
 
 class _CrossEntropyFunction(torch.autograd.Function):
@@ -407,6 +450,73 @@ def _recompute_grad(ctx, input, target) -> torch.Tensor:
     return grad
 
 
+# --- the lean path: the commonest small call in about twenty aten calls -----------------------------------
+
+
+def _is_lean(input, target, options: LossOptions, num_items, check: bool) -> bool:
+    """Class indices all in [0, C) and none equal to ignore_index (so the value check passes: one min/max
+    read does both), at most class weights, "mean" over the rows or their weights: the spec's coefficients
+    are then a_t = w_t (1 without weights), A = a_t, and "mean" divides by sum_t w_t (N without weights)."""
+    if (target.dtype.is_floating_point or target.numel() == 0 or num_items is not None or options.label_smoothing
+            or options.z_loss or options.transforms_logits):
+        return False
+    if options.weight is not None and check:
+        spec.check_weight(xp, options.weight, input.shape[_class_dim(input)])
+    low, high = (int(bound) for bound in torch.aminmax(target))
+    return 0 <= low and high < input.shape[_class_dim(input)] and not low <= options.ignore_index <= high
+
+
+def _lean(input, target, options: LossOptions, call: _Call):
+    """(loss, lse, grad) as `_composite`, for `_is_lean` calls, with the reduction done here; None when a
+    row is fully masked, +inf or NaN.
+
+    In float64: d = x - max x, e = exp(d), s = sum e; loss = log1p(sum_{j != t} e_j) where the target
+    holds the max (d_t = 0), else log s - d_t; gradient w_t / D (e_j / s) off the target and
+    -w_t / D (sum_{j != t} e_j) / s on it (D the "mean" denominator, 1 for "sum").
+    """
+    unbatched = input.dim() == 1
+    x = input.unsqueeze(0) if unbatched else input
+    labels = (target.unsqueeze(0) if unbatched else target).unsqueeze(1).to(torch.int64)
+    z = x.to(torch.float64)
+    d = z - z.amax(dim=1, keepdim=True)
+    e = d.exp()
+    total = e.sum(dim=1, keepdim=True)
+    if not math.isfinite(float(total.sum())):
+        return None
+    d_t = d.gather(1, labels)
+    rest = e.scatter(1, labels, 0.0)  # e off the target: the gradient's buffer
+    rest_sum = rest.sum(dim=1, keepdim=True)
+    losses = torch.where(d_t == 0, torch.log1p(rest_sum), total.log() - d_t)
+    w_t = None
+    if options.weight is not None:
+        w_t = options.weight.to(torch.float64).take(labels)
+        losses = losses * w_t
+    reduction = options.reduction
+    scale = 1.0
+    if reduction == "mean":
+        rows = float(labels.numel())
+        if w_t is None:
+            scale = 1.0 / rows
+        else:  # the weights' sum, 0 giving loss 0 and a zero gradient (rule 5)
+            denom = w_t.sum()
+            scale = torch.where(denom > 0, 1.0 / denom, 0.0)
+    if reduction == "none":
+        loss = losses.view(target.shape)
+    else:
+        loss = losses.sum() * scale if reduction == "mean" else losses.sum()
+    loss = loss.to(input.dtype)
+    lse = loss.new_empty(0)
+    if call.return_lse:
+        lse = (z.amax(dim=1, keepdim=True) + total.log()).squeeze(1).to(input.dtype)
+        lse = lse.squeeze(0) if unbatched else lse
+    if not call.want_grad:
+        return loss, lse, input.new_empty(0)
+    q = (scale if w_t is None else scale * w_t) / total
+    grad = rest.mul_(q).scatter_(1, labels, torch.mul(q, rest_sum).neg_())
+    grad = grad.to(input.dtype)
+    return loss, lse, grad.squeeze(0) if unbatched else grad
+
+
 # --- the composite path: a few aten calls, exact, branch-free under torch.func ---------------------------
 
 
@@ -442,86 +552,83 @@ def _composite_rows(input, target, options: LossOptions, grad_scale, call: _Call
     w_view = None if w is None else w.view([num_classes] + [1] * (input.dim() - 2))  # along dim 1
     temperature, z_loss = options.temperature, options.z_loss
 
-    # 1. z = softcap * tanh(x / softcap) (a -inf logit stays a mask), then the max shift, then 1 / T
+    # 1. z = softcap * tanh(x / softcap) (a -inf logit stays a mask), then d = z - max z <= 0, then d / T.
+    #    Plain aten calls, not log_softmax: its row loop forks torch's thread pool even for a 32 x 10 input.
     z = input.to(work)
     cap = None
     if options.softcap is not None:
         cap = torch.tanh(z / options.softcap)
         z = torch.where(torch.isneginf(z), z, cap * options.softcap)
-    need_lse = call.return_lse or bool(z_loss) or not index
-    m = masked = None
-    if robust or temperature != 1.0 or need_lse:
-        m = z.amax(dim=1, keepdim=True)
-        if robust:
-            masked = m == -math.inf  # rule 2: loss 0, gradient 0
-            positive = m == math.inf  # rule 3: the +inf entries share the mass
-            z = torch.where(positive, torch.where(z == math.inf, 0.0, -math.inf), z)
-            m = torch.where(torch.isfinite(m), m, 0.0)
-        z = z - m
-        if robust:
-            z = torch.where(masked, 0.0, z)  # a finite stand-in; its row is zeroed below
-        if temperature != 1.0:
-            z, m = z / temperature, m / temperature
-    lsm = torch.log_softmax(z, dim=1)
-    lse = None
-    lse = shifted_lse = None
-    if need_lse:
-        lse = shifted_lse = m - lsm.amax(dim=1, keepdim=True)  # m + log sum exp(z - m)
-        if robust:  # the gradient keeps the shifted rows' own lse (finite), as the fused kernel does
-            lse = torch.where(positive, math.inf, torch.where(masked, -math.inf, lse))
-    p = lsm.exp()
+    m = z.amax(dim=1, keepdim=True)
+    masked = positive = None
+    if robust:
+        masked = m == -math.inf  # rule 2: loss 0, gradient 0
+        positive = m == math.inf  # rule 3: the +inf entries share the mass
+        z = torch.where(positive, torch.where(z == math.inf, 0.0, -math.inf), z)
+        m = torch.where(torch.isfinite(m), m, 0.0)
+    d = z - m
+    if robust:
+        d = torch.where(masked, 0.0, d)  # a finite stand-in; its row is zeroed below
+    if temperature != 1.0:
+        d, m = d / temperature, m / temperature
+    e = d.exp()
+    total_e = e.sum(dim=1, keepdim=True)  # s >= 1: the max's own term is exactly 1
+    if not robust and not math.isfinite(float(total_e.sum())):
+        return None  # a fully masked, +inf or NaN row: the robust pass decides
+    log_s = total_e.log()
+    shifted_lse = lse = m + log_s
+    if robust:  # the gradient keeps the shifted rows' own lse (finite), as the fused kernel does
+        lse = torch.where(positive, math.inf, torch.where(masked, -math.inf, lse))
 
-    # 2. the loss and the gradient's per-row factors
+    # 2. the loss, a sum of terms >= 0 (d <= 0 <= log s), and the gradient's per-row factor F
     scale = grad_scale / temperature
     if robust:
         scale = torch.where(masked, 0.0, scale)
     if index:
-        labels = target.unsqueeze(1).to(torch.int64)
-        c = spec.index_coefficients(xp, labels, w, options, num_classes, work)
-        lsm_t = lsm.gather(1, c.safe)
-        p_t = lsm_t.exp()
-        rest = p.scatter(1, c.safe, 0.0)  # p_j off the target: the gradient's buffer
-        rest_sum = rest.sum(dim=1, keepdim=True)
-        if not robust and not math.isfinite(float(lsm_t.sum())):
-            return None  # a masked, +inf or NaN row (or a masked target): the robust pass decides
-        exact_t = torch.where(p_t > 0.5, -torch.log1p(-rest_sum), -lsm_t)
+        c = spec.index_coefficients(xp, target.unsqueeze(1).to(torch.int64), w, options, num_classes, work)
+        d_t = d.gather(1, c.safe)
+        e_t = e.gather(1, c.safe)
+        rest = e.scatter(1, c.safe, 0.0)  # e off the target: the gradient's buffer
+        rest_e = rest.sum(dim=1, keepdim=True)
+        # where the target holds the max (d_t = 0, e_t = 1) the loss is log1p of the rest, exact however small
+        exact_t = torch.where(d_t == 0, torch.log1p(rest_e), log_s - d_t)
         losses = torch.where(c.target > 0, c.target * exact_t, 0.0)
-        if options.label_smoothing:
-            neg = -lsm if w_view is None else torch.where(w_view > 0, -lsm * w_view, 0.0)
-            losses = losses + torch.where(c.kept, c.uniform * neg.sum(dim=1, keepdim=True), 0.0)
+        if options.label_smoothing:  # sum_j w_j (log s - d_j), a class of weight 0 giving 0 even at d_j = -inf
+            dot = d.sum(dim=1, keepdim=True) if w_view is None \
+                else torch.where(w_view > 0, d * w_view, 0.0).sum(dim=1, keepdim=True)
+            w_sum = float(num_classes) if w is None else w.sum()
+            losses = losses + torch.where(c.kept, c.uniform * (w_sum * log_s - dot), 0.0)
         factor = c.total
         if z_loss:
             losses = losses + torch.where(c.kept, z_loss * lse * lse, 0.0)
             factor = factor + torch.where(c.kept, 2.0 * z_loss * shifted_lse, 0.0)
-        if z_loss and robust:  # lse = -inf on a masked row: keep its factor finite (its scale is 0)
-            factor = torch.where(masked, 0.0, factor)
     else:
         coef = spec.probability_coefficients(xp, target, w_view, options, num_classes, work)
-        if not robust and not math.isfinite(float(lse.sum())):
-            return None
-        losses = -torch.where(coef > 0, coef * lsm, 0.0).sum(dim=1, keepdim=True)  # 0 log 0 = 0 (rule 4)
         factor = coef.sum(dim=1, keepdim=True)
+        dot = torch.where(coef > 0, coef * d, 0.0).sum(dim=1, keepdim=True)  # 0 log 0 = 0 (rule 4)
+        losses = factor * log_s - dot
         if z_loss:
             losses = losses + z_loss * lse * lse
             factor = factor + 2.0 * z_loss * shifted_lse
-            if robust:
-                factor = torch.where(masked, 0.0, factor)
     if robust:
         losses = torch.where(masked, 0.0, losses)
-    row_lse = lse.squeeze(1) if lse is not None and call.return_lse else losses.new_empty(0)
+        factor = torch.where(masked, 0.0, factor)  # lse = -inf there: keep F finite (its scale is 0)
+    row_lse = lse.squeeze(1) if call.return_lse else losses.new_empty(0)
     if not call.want_grad:
         return losses.squeeze(1), row_lse, input.new_empty(0)
 
-    # 3. the gradient: s (F p - a), the target's entry without 1 - p_t
+    # 3. the gradient s (F p_j - a_j); the target's entry s (-a_t R + (F - a_t) p_t - u w_t), never 1 - p_t
     if index:
-        grad = rest.mul_(scale * factor)
+        q = scale / total_e
+        grad = rest * (q * factor) if robust else rest.mul_(q * factor)
         if options.label_smoothing:
-            grad = grad.sub_(scale * c.uniform * (1.0 if w_view is None else w_view))
+            grad = grad - scale * c.uniform * (1.0 if w_view is None else w_view)
         w_t = 1.0 if w is None else w.take(c.safe)
-        value = scale * (-c.target * rest_sum + (factor - c.target) * p_t - c.uniform * w_t)
-        grad = grad.scatter_(1, c.safe, value)
+        value = q * ((factor - c.target) * e_t - c.target * rest_e) - scale * c.uniform * w_t
+        # out of place under torch.func (vmap has no batching rule for scatter_)
+        grad = grad.scatter(1, c.safe, value) if robust else grad.scatter_(1, c.safe, value)
     else:
-        grad = (p * factor - coef) * scale
+        grad = (e * (factor / total_e) - coef) * scale
     if cap is not None:  # chain rule through softcap * tanh(x / softcap)
         grad = grad * (1.0 - cap * cap)
     return losses.squeeze(1), row_lse, grad.to(input.dtype)
@@ -579,6 +686,8 @@ def _differentiable_grad(input, target, options: LossOptions, call: _Call, grad_
     if input.dim() == 1:
         grad = grad.squeeze(0)
     grad = grad.to(input.dtype)
+    if exact is None:
+        return grad
     exact_value = exact * (grad_loss.unsqueeze(class_dim) if grad_loss.dim() else grad_loss)
     return exact_value.detach() + (grad - grad.detach())
 
@@ -711,14 +820,23 @@ def _rows_view(tensor, num_classes):
         return None
 
 
-@torch.library.custom_op("softxent::cross_entropy", mutates_args=())
-def _cross_entropy_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, options: list[float],
-                      grad_scale: torch.Tensor, want_grad: bool, check: bool
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, options: list[float],
+                   grad_scale: torch.Tensor, want_grad: bool, check: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     grad = _memory.empty_like(input) if want_grad else input.new_empty(0)
     losses, lse = _fused(input, target, weight, LossOptions.decode(options), grad_scale, grad if want_grad else None,
                          check)
     return losses, lse, grad
+
+
+def _cross_entropy_inplace(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                           options: list[float], grad_scale: torch.Tensor, check: bool
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    losses, lse = _fused(input, target, weight, LossOptions.decode(options), grad_scale, input, check)
+    return losses, lse
+
+
+_cross_entropy_op = torch.library.custom_op("softxent::cross_entropy", _cross_entropy, mutates_args=())
 
 
 @_cross_entropy_op.register_fake
@@ -730,12 +848,8 @@ def _(input, target, weight, options, grad_scale, want_grad, check):
     return losses, torch.empty_like(losses), torch.empty_like(input) if want_grad else input.new_empty(0)
 
 
-@torch.library.custom_op("softxent::cross_entropy_", mutates_args=("input",))
-def _cross_entropy_inplace_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
-                              options: list[float], grad_scale: torch.Tensor, check: bool
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
-    losses, lse = _fused(input, target, weight, LossOptions.decode(options), grad_scale, input, check)
-    return losses, lse
+_cross_entropy_inplace_op = torch.library.custom_op("softxent::cross_entropy_", _cross_entropy_inplace,
+                                                    mutates_args=("input",))
 
 
 @_cross_entropy_inplace_op.register_fake

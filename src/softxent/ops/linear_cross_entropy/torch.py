@@ -82,11 +82,30 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
     chunk_size = v.check_chunk_size(chunk_size)
     _check_arguments(input, linear_weight, target, linear_bias, weight)
     num_items = spec.check_num_items(num_items, options.reduction)
+    out_dtype = input.dtype
+    if torch.is_autocast_enabled(input.device.type) and input.dtype != torch.float64:
+        # torch's policy: the linear layer in the autocast dtype, the loss in float32 (as F.linear_cross_entropy)
+        low = torch.get_autocast_dtype(input.device.type)
+        input, linear_weight = input.to(low), linear_weight.to(low)
+        linear_bias = None if linear_bias is None else linear_bias.to(low)
+        out_dtype = torch.float32
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        # torch.func (grad, vmap, jacrev): the composite, logits and all, through cross_entropy's own rule
+        from softxent.ops.cross_entropy.torch import cross_entropy
+
+        logits = torch.nn.functional.linear(input, linear_weight, linear_bias)
+        return cross_entropy(logits.movedim(-1, 1) if logits.dim() > 2 else logits, target.movedim(-1, 1)
+                             if target.dtype.is_floating_point and target.dim() > 2 else target, options.weight,
+                             ignore_index=options.ignore_index, reduction=options.reduction,
+                             label_smoothing=options.label_smoothing, z_loss=options.z_loss, softcap=options.softcap,
+                             temperature=options.temperature, num_items=num_items,
+                             check_labels=check_labels).to(out_dtype)
     needs = tuple(t is not None and t.requires_grad for t in (input, linear_weight, linear_bias))
     want_grad = torch.is_grad_enabled() and any(needs)
     call = _Call(want_grad=want_grad, needs=needs, chunk_size=chunk_size, float32_weight_grad=bool(float32_weight_grad),
                  check=bool(check_labels), num_items=num_items)
-    return _LinearCrossEntropyFunction.apply(input, linear_weight, linear_bias, target, options, call)
+    loss = _LinearCrossEntropyFunction.apply(input, linear_weight, linear_bias, target, options, call)
+    return loss if loss.dtype == out_dtype else loss.to(out_dtype)
 
 
 class LinearCrossEntropyLoss(nn.Module):
@@ -205,7 +224,7 @@ def linear_cross_entropy_forward(input, linear_weight, linear_bias, target, opti
                         num_rows=input.numel() // max(1, features), dtype=acc, device=input.device)
     grad_scale = spec.gradient_scale(xp, denom, acc, input.device)
     fused = call.want_grad and options.reduction != "none"
-    losses, dx, dw, dbias = torch.ops.softxent.linear_cross_entropy(
+    losses, dx, dw, dbias = _op()(
         input, linear_weight, linear_bias, target, options.weight, options.encode(), grad_scale, None,
         fused and call.needs[0], fused and call.needs[1], fused and call.needs[2], _chunk(call, input, linear_weight),
         call.float32_weight_grad, call.check)
@@ -218,6 +237,8 @@ def linear_cross_entropy_forward(input, linear_weight, linear_bias, target, opti
 def _chunk(call: _Call, input, linear_weight) -> int:
     if call.chunk_size is not None:
         return call.chunk_size
+    if torch.compiler.is_compiling():
+        return 0  # chosen inside the op from the actual shapes: no specialisation, no recompile per size
     rows = input.numel() // max(1, input.shape[-1])
     return choose_chunk_size(rows, linear_weight.shape[0], linear_weight.shape[1], input.dtype, input.device)
 
@@ -236,11 +257,16 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
             ctx.save_for_backward(*grads)
         else:
             ctx.grads = list(grads)  # handed over in the backward, no copy
+        if not ctx.compiling and options.reduction != "none":
+            ctx.inputs = (input, linear_weight, linear_bias, target)  # held for a double backward
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         options, call = ctx.options, ctx.call
+        if torch.is_grad_enabled() and not ctx.compiling:  # create_graph: a differentiable backward
+            inputs = ctx.saved_tensors if options.reduction == "none" else ctx.inputs
+            return (*_differentiable_grads(*inputs, grad_loss, options, call), None, None, None)
         if options.reduction == "none":
             input, linear_weight, linear_bias, target = ctx.saved_tensors
             grads = linear_cross_entropy_backward(input, linear_weight, linear_bias, target, grad_loss, options, call)
@@ -259,10 +285,29 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
         return dx, dw, dbias, None, None, None
 
 
+def _differentiable_grads(input, linear_weight, linear_bias, target, grad_loss, options, call):
+    """(dx, dw, dbias) from differentiable ops, for a double backward: the logits again (whole, not
+    chunked: create_graph keeps the graph of its result anyway), cross-entropy's differentiable gradient
+    of them, and the linear layer's chain rule."""
+    from softxent.ops.cross_entropy.torch import _Call as _CrossEntropyCall, _differentiable_grad
+
+    features = input.shape[-1]
+    rows = input.reshape(-1, features)
+    logits = torch.nn.functional.linear(rows, linear_weight, linear_bias)
+    labels = target.reshape(-1) if not target.dtype.is_floating_point else target.reshape(logits.shape)
+    ce_call = _CrossEntropyCall(want_grad=True, inplace=False, check=False, num_items=call.num_items)
+    dlogits = _differentiable_grad(logits, labels, options, ce_call,
+                                   grad_loss.reshape(-1) if grad_loss.dim() else grad_loss, None)
+    dx = (dlogits @ linear_weight).view(input.shape) if call.needs[0] else None
+    dw = dlogits.t() @ rows if call.needs[1] else None
+    dbias = dlogits.sum(dim=0) if call.needs[2] else None
+    return dx, dw, dbias
+
+
 def linear_cross_entropy_backward(input, linear_weight, linear_bias, target, grad_loss, options, call):
     """reduction "none": the chunks again, each row's gradient scaled by its upstream gradient."""
     grad_scale = torch.ones((), dtype=accumulation_dtype(input.dtype), device=input.device)
-    _, dx, dw, dbias = torch.ops.softxent.linear_cross_entropy(
+    _, dx, dw, dbias = _op()(
         input, linear_weight, linear_bias, target, options.weight, options.encode(), grad_scale,
         grad_loss.reshape(-1), *call.needs, _chunk(call, input, linear_weight), call.float32_weight_grad, False)
     return tuple(g if want else None for g, want in zip((dx, dw, dbias), call.needs))
@@ -292,6 +337,8 @@ def _chunked(input, linear_weight, linear_bias, target, weight, options: LossOpt
         else linear_weight.new_empty(0)
     dbias = torch.zeros(num_classes, dtype=acc, device=device) if need_dbias else linear_weight.new_empty(0)
     kernel = _backend.backend_for(rows)
+    if chunk_size <= 0:
+        chunk_size = choose_chunk_size(num_rows, num_classes, features, dtype, device)
     chunk = max(1, min(chunk_size, num_rows))
     # the float32 weight gradient's fallback slices of V hold at most a quarter of a chunk of logits
     slice_rows = max(64, (chunk * num_classes) // (4 * max(1, features)))
@@ -329,14 +376,23 @@ def _chunked(input, linear_weight, linear_bias, target, weight, options: LossOpt
     return losses.view(input.shape[:-1]), dx, dw, dbias
 
 
-@torch.library.custom_op("softxent::linear_cross_entropy", mutates_args=())
-def _linear_cross_entropy_op(input: torch.Tensor, linear_weight: torch.Tensor, linear_bias: torch.Tensor | None,
-                             target: torch.Tensor, weight: torch.Tensor | None, options: list[float],
-                             grad_scale: torch.Tensor, row_grad: torch.Tensor | None, need_dx: bool, need_dw: bool,
-                             need_dbias: bool, chunk_size: int, float32_weight_grad: bool, check: bool
-                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _op():
+    """The custom op under torch.compile (opaque to tracing); eager, its body itself: the op's wrapper
+    costs tens of microseconds a call, and its first call imports torch._dynamo (seconds)."""
+    return torch.ops.softxent.linear_cross_entropy if torch.compiler.is_compiling() else _linear_cross_entropy
+
+
+def _linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, linear_bias: torch.Tensor | None,
+                          target: torch.Tensor, weight: torch.Tensor | None, options: list[float],
+                          grad_scale: torch.Tensor, row_grad: torch.Tensor | None, need_dx: bool, need_dw: bool,
+                          need_dbias: bool, chunk_size: int, float32_weight_grad: bool, check: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _chunked(input, linear_weight, linear_bias, target, weight, LossOptions.decode(options), grad_scale,
                     row_grad, need_dx, need_dw, need_dbias, chunk_size, float32_weight_grad, check)
+
+
+_linear_cross_entropy_op = torch.library.custom_op("softxent::linear_cross_entropy", _linear_cross_entropy,
+                                                   mutates_args=())
 
 
 @_linear_cross_entropy_op.register_fake
