@@ -311,3 +311,7 @@ def test_instance_forwards_installed_before_or_after_apply_are_kept():
     out = model(input_ids=ids, attention_mask=mask, labels=labels)
     assert out.logits is not None
     assert torch.equal(out.loss, stock(input_ids=ids, attention_mask=mask, labels=labels).loss)
+    # and apply again switches the layer under the wrapper back on (no second layer, no recursion)
+    out = sxhf.apply(model)(input_ids=ids, attention_mask=mask, labels=labels)
+    assert out.logits is None
+    assert_close(out.loss, reference_loss(stock, ids, mask, labels), what="loss after remove and apply")

@@ -149,7 +149,7 @@ def remove(model):
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (a Hugging Face causal LM); got {type(model).__name__}")
-    state = model.__dict__.pop(_STATE, None)
+    state = model.__dict__.get(_STATE)
     if state is None:
         return model
     state.active = False
@@ -159,6 +159,9 @@ def remove(model):
             del model.forward
         else:
             model.forward = state.previous
+        del model.__dict__[_STATE]
+    # else another wrapper sits over softxent's: the state stays (inactive) for the layer under it to
+    # read, and for a later apply to switch back on
     return model
 
 
