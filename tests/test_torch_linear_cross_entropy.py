@@ -199,13 +199,15 @@ def test_no_gradient_work_without_requires_grad(monkeypatch):
     assert loss.grad_fn is None and calls == [None]
 
 
-def test_second_backward_raises_for_fused_reductions():
+def test_second_backward_recomputes_for_fused_reductions():
+    """retain_graph: the forward's gradients went to the first backward; the second runs the sweep again
+    (the same bits: gradcheck's reentrancy test)."""
     x, w, b, t = _problem(torch.float32, (6,), "index", False, 4)
     w.requires_grad_()
     loss = sxt.linear_cross_entropy(x, w, t)
-    loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="went to the first backward"):
-        loss.backward()
+    (first,) = torch.autograd.grad(loss, w, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, w, torch.tensor(2.0))
+    assert torch.equal(second, 2.0 * first)
 
 
 def test_torch_compile_fullgraph():

@@ -8,7 +8,7 @@ and `softxent::linear_cross_entropy_backward` (opaque to torch.compile) -> `_bac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -275,9 +275,10 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
                 grads = [None if g is None else g * grad_loss for g in ctx.saved_tensors]
             else:
                 grads, ctx.grads = ctx.grads, None
-                if grads is None:
-                    raise RuntimeError("softxent.torch.linear_cross_entropy computes its gradients in the forward "
-                                       "pass; they went to the first backward (no retain_graph second backward)")
+                if grads is None:  # they went to an earlier backward (retain_graph): the same sweep again
+                    with torch.no_grad():
+                        _, grads = linear_cross_entropy_forward(*ctx.inputs, options, replace(call, check=False))
+                    grads = list(grads)
                 # on the CPU an upstream gradient of exactly 1 skips the pass (reading it costs no sync)
                 skip = grad_loss.device.type == "cpu" and bool(grad_loss == 1)
                 grads = [g if g is None or skip else g.mul_(grad_loss.to(g.dtype)) for g in grads]
