@@ -7,7 +7,7 @@ anything else that leads back to where it started is. The control case shows the
 import ast
 from pathlib import Path
 
-SOURCE = Path(__file__).resolve().parents[1] / "src" / "softxent"
+SOURCE = Path(__file__).resolve().parents[2] / "src" / "softxent"
 
 
 def module_names(root: Path) -> dict[str, Path]:

@@ -122,7 +122,7 @@ def test_gpu_scripts_are_skipped_on_the_cpu_with_one_line(tmp_path, capsys):
 def test_quick_is_a_short_smoke_run(tmp_path, capsys):
     """`--quick` must finish within a minute on a 2-core machine: each provider is timed for 0.1 s (not
     1 s), and torch.compile, whose CPU build alone takes ~15 s, is skipped with a reason."""
-    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
     if not (benchmarks / "harness.py").exists():
         pytest.skip("no benchmarks/ in this checkout")
     folder = tmp_path / "benchmarks"
@@ -171,7 +171,7 @@ def test_quick_is_a_short_smoke_run(tmp_path, capsys):
 
 def test_bench_reads_what_the_real_harness_writes(tmp_path, capsys):
     """One tiny script on the repository's own harness: its CSV columns are what bench expects."""
-    harness = Path(__file__).resolve().parents[1] / "benchmarks" / "harness.py"
+    harness = Path(__file__).resolve().parents[2] / "benchmarks" / "harness.py"
     if not harness.exists():
         pytest.skip("no benchmarks/harness.py in this checkout")
     folder = tmp_path / "benchmarks"
