@@ -17,6 +17,7 @@ import torch
 
 from softxent._torch.threads import for_row_spans
 from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype, chunk_rows
+from softxent.ops.token_log_probs.torch_cpu import _rest
 
 _INF = float("inf")
 
@@ -24,7 +25,7 @@ _INF = float("inf")
 def _log_softmax(x: torch.Tensor, temperature: float, buf: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     """buf = log softmax(x / T) = d - L (the shift first, then T), exact; returns the rows not all -inf."""
     buf.copy_(x)
-    shift, first = buf.amax(dim=1, keepdim=True), buf.argmax(dim=1, keepdim=True)  # not torch.max(dim): slow
+    shift = buf.amax(dim=1, keepdim=True)
     live = shift != -_INF
     if not math.isfinite(float(shift.sum())):  # rare: -inf, +inf or NaN rows
         infinite = (shift == _INF).view(-1)
@@ -37,8 +38,7 @@ def _log_softmax(x: torch.Tensor, temperature: float, buf: torch.Tensor, scratch
     if temperature != 1.0:
         buf.div_(temperature)
     torch.exp(buf, out=scratch)
-    scratch.scatter_(1, first, 0.0)  # without the max's own 1: log1p keeps a tiny tail
-    buf.sub_(torch.log1p(scratch.sum(dim=1, keepdim=True)))
+    buf.sub_(torch.log1p(_rest(scratch)))  # without the max's own 1: log1p keeps a tiny tail
     return live.view(-1)
 
 
