@@ -17,13 +17,13 @@ import torch
 
 from softxent._torch.threads import for_row_spans
 from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype, chunk_rows
-from softxent.ops.token_log_probs.torch_cpu import _rest
 
 _INF = float("inf")
 
 
-def _log_softmax(x: torch.Tensor, temperature: float, buf: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-    """buf = log softmax(x / T) = d - L (the shift first, then T), exact; returns the rows not all -inf."""
+def _log_softmax(x: torch.Tensor, temperature: float, buf: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """buf = log softmax(x / T) = d - L (the shift first, then T), exact, and probs = softmax from the same
+    exp(d) (one exp per entry, not two); returns the rows not all -inf."""
     buf.copy_(x)
     shift = buf.amax(dim=1, keepdim=True)
     live = shift != -_INF
@@ -37,8 +37,14 @@ def _log_softmax(x: torch.Tensor, temperature: float, buf: torch.Tensor, scratch
         buf.sub_(shift)
     if temperature != 1.0:
         buf.div_(temperature)
-    torch.exp(buf, out=scratch)
-    buf.sub_(torch.log1p(_rest(scratch)))  # without the max's own 1: log1p keeps a tiny tail
+    torch.exp(buf, out=probs)
+    # the sum without the max's own 1 (entries equal to 1 counted apart), so log1p keeps a tiny tail
+    ones = probs == 1.0
+    probs.masked_fill_(ones, 0.0)
+    rest = probs.sum(dim=1, keepdim=True) + (ones.sum(dim=1, keepdim=True).to(probs.dtype) - 1.0)
+    probs.masked_fill_(ones, 1.0)
+    probs.mul_((rest + 1.0).reciprocal_())
+    buf.sub_(torch.log1p(rest))
     return live.view(-1)
 
 
@@ -54,7 +60,8 @@ def distill_rows(student: torch.Tensor, teacher: torch.Tensor, kept: torch.Tenso
         if grad_out is not None:
             grad_out.zero_()
         return losses
-    step = chunk_rows(num_classes, acc)
+    # five buffers of a chunk each: a quarter of the usual chunk, so that they stay in cache together
+    step = max(1, chunk_rows(num_classes, acc) // 4)
     per_row = row_scale is not None and row_scale.dim() > 0
     scale = None if row_scale is None else (row_scale.to(acc) * temperature)  # T^2 / T: d/ds = T d/du
     log_beta = math.log(beta) if beta > 0 else -_INF
@@ -62,19 +69,23 @@ def distill_rows(student: torch.Tensor, teacher: torch.Tensor, kept: torch.Tenso
 
     def work(start: int, stop: int) -> None:
         n = min(step, stop - start)
-        lq_buf, lp_buf, scratch = (torch.empty(n, num_classes, dtype=acc, device=device) for _ in range(3))
+        lq_buf, lp_buf, q_buf, p_buf, t_buf = (torch.empty(n, num_classes, dtype=acc, device=device)
+                                               for _ in range(5))
         for lo in range(start, stop, step):
             hi = min(lo + step, stop)
             rows = slice(lo, hi)
-            lq, lp, e = lq_buf[: hi - lo], lp_buf[: hi - lo], scratch[: hi - lo]
-            # 1. log q and log p, exact; q and p from them
-            live = _log_softmax(student[rows], temperature, lq, e) & _log_softmax(teacher[rows], temperature, lp, e)
+            lq, lp, q, p, tmp = (b[: hi - lo] for b in (lq_buf, lp_buf, q_buf, p_buf, t_buf))
+            # 1. log q and log p, exact, and q and p from the same exponentials
+            live = _log_softmax(student[rows], temperature, lq, q) & _log_softmax(teacher[rows], temperature, lp, p)
             live &= kept[rows]
-            q = torch.exp(lq)
-            p = torch.exp(lp)
             # 2. the divergence and its gradient with respect to u = student / T (0 log 0 = 0)
             if divergence == "kl":
-                loss = torch.where(p > 0, p * (lp - lq), 0.0).sum(dim=1)
+                terms = torch.sub(lp, lq, out=tmp).mul_(p)
+                loss = terms.sum(dim=1)
+                broken = torch.isnan(loss)
+                if broken.any():  # p_j = 0 where log p_j = -inf: 0 * inf, whose term is 0
+                    part = terms[broken]
+                    loss[broken] = torch.where(p[broken] > 0, part, 0.0).sum(dim=1)
                 grad = q.sub_(p) if grad_out is not None else None
             elif divergence == "reverse_kl":
                 ratio = torch.where(q > 0, lq - lp, 0.0)

@@ -80,7 +80,9 @@ def token_forward_rows(logits: torch.Tensor, labels: torch.Tensor, options: Loss
     lowest = torch.finfo(acc).min
 
     def work(start: int, stop: int) -> None:
-        buf = torch.empty(min(step, stop - start), num_classes, dtype=acc, device=device)
+        n = min(step, stop - start)
+        buf = torch.empty(n, num_classes, dtype=acc, device=device)
+        scratch = torch.empty(n, num_classes, dtype=acc, device=device) if entropy else None
         for lo in range(start, stop, step):
             hi = min(lo + step, stop)
             rows = slice(lo, hi)
@@ -88,12 +90,16 @@ def token_forward_rows(logits: torch.Tensor, labels: torch.Tensor, options: Loss
             # 1. d = (softcap(x) - m) / T <= 0
             shift, masked = _scores(logits[rows], options, d, None)
             neg_d_t = d.gather(1, safe[rows]).neg_()  # -d_t >= 0 (+inf when the target is masked)
-            # 2. E's sum before d becomes e: sum_j e_j (-d_j), with -inf entries clamped (e_j = 0 there)
+            # 2. E's sum before d becomes e: sum_j e_j (-d_j)
             if entropy:
-                d.clamp_(min=lowest)
-                e = torch.exp(d)
+                e = torch.exp(d, out=scratch[: hi - lo])
                 # torch.sum's cascade keeps float32 exact over 1e5 terms where a BLAS dot drifts (1e-5 at 32k)
                 spread = d.mul_(e).sum(dim=1, keepdim=True).neg_()
+                broken = torch.isnan(spread).view(-1)
+                if broken.any():  # a -inf logit: e_j d_j = 0 * -inf there, whose term is 0 (a NaN logit stays)
+                    part = d[broken]
+                    part.masked_fill_(torch.isnan(part) & ~torch.isnan(logits[rows][broken]), 0.0)
+                    spread[broken] = part.sum(dim=1, keepdim=True).neg_()
                 d = e
             else:
                 d.exp_()
@@ -144,6 +150,7 @@ def token_backward_rows(logits: torch.Tensor, labels: torch.Tensor, options: Los
     def work(start: int, stop: int) -> None:
         n = min(step, stop - start)
         scratch = torch.empty(n, num_classes, dtype=acc, device=device)
+        p_scratch = torch.empty(n, num_classes, dtype=acc, device=device)
         tanh = torch.empty(n, num_classes, dtype=acc, device=device) if softcap else None
         for lo in range(start, stop, step):
             hi = min(lo + step, stop)
@@ -155,7 +162,7 @@ def token_backward_rows(logits: torch.Tensor, labels: torch.Tensor, options: Los
             _scores(x, options, d, stats[rows, 0:1], t)
             d.clamp_(min=lowest)
             # p = exp(d - L); grad = p (h ((-d) - E) - g), the target's entry replaced below
-            p = torch.sub(d, stats[rows, 1:2]).exp_()
+            p = torch.sub(d, stats[rows, 1:2], out=p_scratch[: hi - lo]).exp_()
             if hg is not None:
                 centred = d.neg_().sub_(stats[rows, 2:3]).mul_(p)  # p_j ((-d_j) - E)
                 p_t_centred = centred.gather(1, safe[rows])
