@@ -1,9 +1,18 @@
 """Cross-entropy for torch: a drop-in for torch.nn.functional.cross_entropy, fused and memory-lean.
 
-Layers, top to bottom: `cross_entropy` / `CrossEntropyLoss` (validation) -> `_CrossEntropyFunction`
-(autograd) -> `cross_entropy_forward` / `cross_entropy_backward` (denominator, reduction, scaling) ->
-the custom op `softxent::cross_entropy` (layout and value checks, opaque to torch.compile) -> the row
-kernel `_backend.backend_for(logits)` (`_rows.cross_entropy_rows` on the CPU).
+Layers, top to bottom: `cross_entropy` / `CrossEntropyLoss` (validation, torch's autocast policy, the
+path) -> `_CrossEntropyFunction` (autograd: setup_context, a generated vmap rule, a differentiable
+backward for double backward) -> `cross_entropy_forward` / `cross_entropy_backward` -> one of three paths,
+chosen by size and context, with the same results (API rule 11 on each):
+
+- lean (eager, at most `SMALL_MAX_ELEMENTS` logits, class indices all kept, at most class weights): about
+  twenty aten calls in float64 on the calling thread, the reduction included (`_lean`);
+- composite (eager small calls with any other option, and every call under torch.func): the same math for
+  every option, branch-free under torch.func (`_composite`);
+- fused (everything larger, and every call under torch.compile): the layout and value checks, then the
+  row kernel `_backend.backend_for(logits)` (`torch_cpu.cross_entropy_rows` on the CPU, chunks of rows on
+  single-threaded workers); eager calls its body directly, torch.compile the custom op
+  `softxent::cross_entropy` (opaque to tracing, shapes from its fake).
 """
 
 from __future__ import annotations
