@@ -64,7 +64,7 @@ class RowPlan(NamedTuple):
     kept: Any  # bool: counts (not ignored, not fully masked)
     bad: Any  # bool: a label outside [0, C) (only reachable under jit): NaN row
     safe: Any  # int: the label, 0 where ignored
-    first: Any  # int: column of the row max
+    at_top: Any  # bool: the target holds the row max (d_t = 0)
     target: Any  # a_t's part (1 - eps) w_t
     uniform: Any  # eps / C where kept
     factor: Any  # s (A + 2 z lse) / sum e: the coefficient of e_j in the gradient
@@ -78,6 +78,25 @@ def softcapped(x, options: LossOptions):
         return x, None
     t = jnp.tanh(x / options.softcap)
     return jnp.where(x == -jnp.inf, x, options.softcap * t), t
+
+
+def target_gap_of(stats: RowStats, safe):
+    """(d_t, its exact low part) at column `safe` of each row (the low part 0 where the gap is clamped)."""
+    pick = lambda a: jnp.take_along_axis(a, safe[..., None], axis=-1)[..., 0]
+    z_t = pick(stats.z)
+    # per row: the gap z_t - m split exactly (TwoSum), then / T; -inf targets and the finite entries
+    # of a row holding +inf (shifted by the largest float) are -inf
+    d_t, d_lo_t = _pair_diff(z_t, stats.center)
+    if stats.temperature != 1.0:
+        d_t, d_lo_t = d_t / stats.temperature, d_lo_t / stats.temperature
+    off = (z_t == -jnp.inf) | (stats.infinite & (z_t < stats.center))
+    return jnp.where(off, -jnp.inf, d_t), jnp.where(off | ~jnp.isfinite(d_lo_t), 0.0, d_lo_t)
+
+
+def _pair_diff(a, b):
+    s = a - b
+    bb = s - a
+    return s, (a - (s - bb)) - (b + bb)
 
 
 def chain(grad, t, options: LossOptions):
@@ -114,8 +133,7 @@ def row_losses(stats: RowStats, labels, probs, weight, problem: Problem, scale, 
         bad = spec.bad_labels(labels, C, options.ignore_index)
         safe = jnp.clip(safe, 0, max(0, C - 1))  # a bad label never faults nor wraps: its row is NaN below
         if target_gap is None:
-            d_t = jnp.take_along_axis(d, safe[..., None], axis=-1)[..., 0]
-            d_t_lo = jnp.take_along_axis(stats.d_lo, safe[..., None], axis=-1)[..., 0]
+            d_t, d_t_lo = target_gap_of(stats, safe)
         else:
             d_t, d_t_lo = target_gap
         # (-d_t) + (L - d_t_lo): terms >= 0, the exact gap -d_t kept apart from L
@@ -125,6 +143,7 @@ def row_losses(stats: RowStats, labels, probs, weight, problem: Problem, scale, 
             smooth_d = class_sum(jnp.sum(d, axis=-1) if weight is None else _weighted_sum(d, weight.astype(work)))
             loss = loss + co.uniform * (w_sum * L - smooth_d)
         total_coef, target_coef, uniform = co.total, co.target, co.uniform
+        at_top = d_t == 0
     else:
         coef = spec.probability_coefficients(jnp, probs, weight, options, C, work)
         kept = jnp.ones(L.shape, bool)
@@ -133,6 +152,7 @@ def row_losses(stats: RowStats, labels, probs, weight, problem: Problem, scale, 
         total_coef = class_sum(jnp.sum(coef, axis=-1))
         loss = total_coef * L - class_sum(_weighted_sum(d, coef))
         target_coef = uniform = w_sum = None
+        at_top = jnp.zeros(L.shape, bool)
     if options.z_loss:
         loss = loss + options.z_loss * jnp.where(kept, lse * lse, 0.0)
     kept = kept & ~stats.masked  # a fully masked row carries no information (rule 2): 0, counted
@@ -147,10 +167,11 @@ def row_losses(stats: RowStats, labels, probs, weight, problem: Problem, scale, 
     factor = s * (total_coef + zl) / total
     if problem.kind == spec.INDEX:
         # p_t - 1 at the max as -sum_{j != t} p_j: s (u W + 2 z lse - a_t rest) / sum e, no cancellation
+        # (with ties at the max, rest holds the other maxima's 1s: still the sum over j != t)
         at_max = s * (uniform * w_sum + zl - target_coef * stats.rest) / total
     else:
         at_max = None
-    plan = RowPlan(kept, bad, safe, stats.first, target_coef, uniform, factor, at_max, s)
+    plan = RowPlan(kept, bad, safe, at_top, target_coef, uniform, factor, at_max, s)
     return loss, plan
 
 
@@ -160,7 +181,7 @@ def grad_columns(e, columns, plan: RowPlan, problem: Problem, weight_cols=None, 
     if problem.kind == spec.INDEX:
         at_t = columns == plan.safe[..., None]
         grad = grad - jnp.where(at_t, (plan.s * plan.target)[..., None], 0.0)
-        at_max = at_t & (plan.safe == plan.first)[..., None]
+        at_max = at_t & plan.at_top[..., None]
         grad = jnp.where(at_max, plan.at_max[..., None], grad)
         if problem.options.label_smoothing:
             smooth = (plan.s * plan.uniform)[..., None]

@@ -2,10 +2,10 @@
 
 The row statistics are all-reduced over the mesh axis and the rest is local:
 
-1. m = pmax of the local row maxima; the first maximum is the pmin of the devices' candidates, so the
-   max's own term is left out of the sum on exactly one device (the exact target gradient needs it);
-2. ``rest = psum(sum_{j local, j != first} e_j)`` and L = log1p(rest): the single-device kernel's sums,
-   split over devices (the psum adds a handful of float32 partial sums, one rounding each);
+1. m = pmax of the local row maxima;
+2. the sum of e below the max and the number of entries at the max, psum'd, give the sum without one
+   max's own term, ``rest``, and L = log1p(rest): the single-device kernel's sums split over devices
+   (the psum adds a handful of float32 partial sums, one rounding each);
 3. the target's gap ``d_t`` (split exactly, hi and lo) lives on one device: psum of the masked local
    gather; label smoothing's ``sum_j d_j`` is psum'd the same way;
 4. the loss and the local slice of the gradient then come from the single-device code
@@ -29,7 +29,7 @@ from softxent._jax import arrays as ja
 from softxent._options import LossOptions
 from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.jax import (Problem, denominator, finish_grad, grad_columns, row_losses)
-from softxent.ops.logsumexp.jax import RowStats, log_sum, shifted_exp
+from softxent.ops.logsumexp.jax import RowStats, combine_rest, exp_sums, limit_rows, log_sum, shifted_exp
 
 
 def vocab_parallel_cross_entropy(local_logits: Any, target: Any, *, axis_name: Any, ignore_index: int = -100,
@@ -109,24 +109,21 @@ def _vocab_parallel_fwd(rows, labels, num_items, static):
     else:
         z = rows.astype(work)
         columns = offset + jnp.arange(local)
-        # 1. the global max and the first column holding it
-        local_max = jnp.max(z, axis=-1)
-        m = lax.pmax(local_max, axis_name)
-        candidate = jnp.where(local_max == m, offset + jnp.argmax(z, axis=-1), problem.num_classes)
-        first = lax.pmin(candidate, axis_name)
-        first = jnp.where(jnp.isnan(m), 0, jnp.minimum(first, problem.num_classes - 1))
+        # 1. the global max
+        m = lax.pmax(jnp.max(z, axis=-1), axis_name)
         masked, infinite = m == -jnp.inf, m == jnp.inf
-        center = jnp.where(jnp.isinf(m), jnp.zeros_like(m), m)
-        # 2. the sum without the max's own term, over every device
-        d, d_lo, e = shifted_exp(z, center, infinite)
-        is_first = columns == first[:, None]
-        rest = lax.psum(jnp.sum(jnp.where(is_first, 0.0, e), axis=-1), axis_name)
+        z, cap = limit_rows(z, infinite)
+        center = jnp.where(infinite, cap, jnp.where(jnp.isinf(m), jnp.zeros_like(m), m))
+        # 2. the sum without one max's own term, over every device: the parts all-reduced, then combined
+        below, ties = lax.psum(exp_sums(z, center), axis_name)
+        rest = combine_rest(below, ties)
         _, total, L = log_sum(rest, masked, m)
-        stats = RowStats(center, center, first, is_first, d, d_lo, e, rest, total, L, masked, infinite)
+        stats = RowStats(z, 1.0, center, rest, total, L, masked, infinite)
+        d, d_c, d_lo, e = stats.entries()
         # 3. the target's gap, held by one device
         mine = columns == labels[:, None]
         gap = lax.psum(jnp.stack([jnp.sum(jnp.where(mine, d, 0.0), axis=-1),
-                                  jnp.sum(jnp.where(mine, d_lo, 0.0), axis=-1)]), axis_name)
+                                  jnp.sum(jnp.where(mine & (d == d_c), d_lo, 0.0), axis=-1)]), axis_name)
         losses, plan = row_losses(stats, labels, None, None, problem, scale, work, target_gap=(gap[0], gap[1]),
                                   class_sum=partial(lax.psum, axis_name=axis_name))
         grad = finish_grad(grad_columns(e, columns, plan, problem), plan, None, options, rows.dtype)

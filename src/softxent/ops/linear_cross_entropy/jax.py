@@ -1,18 +1,19 @@
 """Linear cross-entropy for JAX: ``cross_entropy(x @ w.T + bias, target)`` without the (N, V) logits.
 
-Two sweeps, each a ``lax.scan`` over chunks, so neither the forward nor the backward holds more than
-one chunk of logits:
+Each sweep is a ``lax.scan`` over chunks, so neither the forward nor the backward holds more than one
+chunk of logits.
 
-1. forward, chunks of rows: a chunk's logits (rows, V) go through the row kernel; what stays is per
-   row (the loss, the shift, the sum without the max, the spec's coefficients: O(N));
-2. backward, chunks of the vocabulary: the logits of all rows on a slice of V columns are recomputed
-   from x and that slice of w, turned into their gradient from the per-row statistics of sweep 1, and
-   folded into dx (accumulated), dw and dbias (their slice written) before the next slice.
+``"mean"`` and ``"sum"`` (a scalar cotangent): one forward sweep over chunks of rows computes a chunk's
+logits (rows, V), its losses and its gradient (the row kernel), and folds the gradient into dx (the
+chunk's rows written), dw and dbias (accumulated) before the next chunk: three matrix products, as the
+unfused computation, and the residual of ``jax.custom_vjp`` is the gradient itself.
 
-The gradient is computed in the backward here rather than in the forward sweep (as `cross_entropy`
-does): with per-row cotangents (``reduction="none"``, token log-probs) dw = sum_i g_i dlogits_i^T x_i
-needs the cotangent, and the recomputation costs what a forward-sweep gradient would (one more
-matmul). The residuals are x, w, bias, the targets and O(N) per-row statistics, never (N, V).
+``"none"`` and the token log-probs (a cotangent per row): dw = sum_i g_i dlogits_i^T x_i needs the
+cotangents, which only the backward has. The forward sweep keeps O(N) per-row statistics (the shift,
+the sum without the max, the spec's coefficients); the backward sweeps slices of the vocabulary,
+recomputing the logits of all rows on a slice of V columns from x and that slice of w, and folds
+their gradient into dx (accumulated), dw and dbias (their slice written): four matrix products, and
+the residuals are x, w, bias, the targets and the per-row statistics, never (N, V).
 A chunk boundary that does not divide N or V is handled by clamping the last chunk's start (it
 overlaps the one before, which it recomputes bit for bit), so nothing is padded or copied.
 (Wijmans et al. 2024, "Cut your losses in large-vocabulary language models", recompute the same way.)
@@ -33,7 +34,7 @@ from softxent._options import LossOptions
 from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.jax import (Problem, RowPlan, checked_problem, denominator, finish_grad,
                                             grad_columns, row_losses, softcapped)
-from softxent.ops.logsumexp.jax import row_stats, shifted_exp
+from softxent.ops.logsumexp.jax import limit_rows, row_stats, shifted_exp
 
 # Logits per chunk, about 4M (16 MiB in float32): XLA keeps a few chunk-sized temporaries alive (the
 # logits, their exps, the gradient), which stays far below one (N, V) array at LLM sizes.
@@ -173,43 +174,88 @@ def _linear_fwd(rows, w, bias, target, weight, num_items, static):
     labels = target if problem.kind == spec.INDEX else None
     denom = denominator(problem, labels, weight, num_rows, num_items, work)
     scale = spec.gradient_scale(jnp, denom, work)
+    options = problem.options
+    in_forward = options.reduction != "none"  # a scalar cotangent: the gradients in this very sweep
+    saved = grads = None
     if num_rows == 0 or num_classes == 0:
-        losses, saved = jnp.zeros((num_rows,), work), None
+        losses = jnp.zeros((num_rows,), work)
+        if in_forward:
+            grads = (jnp.zeros(rows.shape, work), jnp.zeros(w.shape, work),
+                     None if bias is None else jnp.zeros(bias.shape, work))
     else:
         def body(start):
             chunk = lax.dynamic_slice_in_dim(rows, start, row_step, 0)
             t = lax.dynamic_slice_in_dim(target, start, row_step, 0)
-            z, _ = softcapped(logits_of(chunk, w, bias, work), problem.options)
-            stats = row_stats(z, problem.options.temperature)
-            losses, plan = row_losses(stats, t if labels is not None else None,
-                                      t.astype(work) if labels is None else None, weight, problem, scale, work)
-            return losses, plan, stats.center, stats.infinite
+            z, tanh = softcapped(logits_of(chunk, w, bias, work), options)
+            stats = row_stats(z, options.temperature)
+            probs = t.astype(work) if labels is None else None
+            losses, plan = row_losses(stats, t if labels is not None else None, probs, weight, problem, scale, work)
+            if not in_forward:
+                return (losses, plan, stats.center, stats.infinite), None
+            coef_cols = None
+            if labels is None:
+                coef_cols = spec.probability_coefficients(jnp, probs, weight, options, num_classes, work)
+            weight_cols = None if weight is None else weight.astype(work)
+            grad = grad_columns(stats.e, jnp.arange(num_classes), plan, problem, weight_cols, coef_cols)
+            grad = finish_grad(grad, plan, tanh, options, work)
+            return (losses, grad @ w.astype(work)), (grad, chunk.astype(work))
 
-        init = jax.eval_shape(lambda: body(0))
-        init = jax.tree.map(lambda s: jnp.zeros((num_rows,) + s.shape[1:], s.dtype), init)
-        losses, plan, center, infinite = row_sweep(num_rows, row_step, body, init)
-        saved = (plan, center, infinite)
-    loss = spec.reduce(jnp, losses, problem.options.reduction, denom).astype(out_dtype)
-    return loss, (rows, w, bias, target, weight, saved)
+        if in_forward:
+            # chunks of rows, each chunk's gradient folded into dw and dbias before the next one; the last
+            # chunk overlaps the one before (clamped start): its repeated rows are not added twice
+            count = -(-num_rows // row_step)
+
+            def scan(carry, k):
+                losses, dx, dw, db = carry
+                start = jnp.minimum(k * row_step, num_rows - row_step)
+                (chunk_losses, chunk_dx), (grad, chunk) = body(start)
+                fresh = ((start + jnp.arange(row_step)) >= k * row_step)[:, None]
+                grad = jnp.where(fresh, grad, 0.0)
+                losses = lax.dynamic_update_slice_in_dim(losses, chunk_losses, start, 0)
+                dx = lax.dynamic_update_slice_in_dim(dx, chunk_dx, start, 0)
+                dw = dw + grad.T @ chunk
+                db = None if db is None else db + jnp.sum(grad, axis=0)
+                return (losses, dx, dw, db), None
+
+            init = (jnp.zeros((num_rows,), work), jnp.zeros(rows.shape, work), jnp.zeros(w.shape, work),
+                    None if bias is None else jnp.zeros(bias.shape, work))
+            losses, *grads = lax.scan(scan, init, jnp.arange(count))[0]
+            grads = tuple(grads)
+        else:
+            first = lambda start: body(start)[0]
+            init = jax.eval_shape(lambda: first(0))
+            init = jax.tree.map(lambda s: jnp.zeros((num_rows,) + s.shape[1:], s.dtype), init)
+            losses, plan, center, infinite = row_sweep(num_rows, row_step, first, init)
+            saved = (plan, center, infinite)
+    loss = spec.reduce(jnp, losses, options.reduction, denom).astype(out_dtype)
+    if in_forward:  # the residual is the gradient itself, in the inputs' dtypes
+        dx, dw, db = grads
+        grads = (dx.astype(rows.dtype), dw.astype(w.dtype), None if bias is None else db.astype(bias.dtype))
+        return loss, (None, None, None, None, None, None, grads)
+    return loss, (rows, w, bias, target, weight, saved, None)
 
 
 def _linear_bwd(static, residual, g):
     problem, (_, col_step) = static
-    rows, w, bias, target, weight, saved = residual
+    rows, w, bias, target, weight, saved, grads = residual
+    if grads is not None:  # "mean" / "sum": computed in the forward sweep, scaled by the cotangent
+        dx, dw, db = grads
+        return (dx * g.astype(dx.dtype), dw * g.astype(dw.dtype), None if db is None else db * g.astype(db.dtype),
+                None, None, None)
     out_dtype, work = _dtypes(rows, w, bias)
     num_rows, num_classes = rows.shape[0], w.shape[0]
     dx, dw = jnp.zeros(rows.shape, work), jnp.zeros(w.shape, work)
     db = None if bias is None else jnp.zeros(bias.shape, work)
     if saved is not None:
         plan, center, infinite = saved
-        upstream = (g if problem.options.reduction == "none" else jnp.broadcast_to(g, (num_rows,))).astype(work)
+        upstream = g.astype(work)
         options = problem.options
 
         def body(start):
             w_slice = lax.dynamic_slice_in_dim(w, start, col_step, 0)
             b_slice = None if bias is None else lax.dynamic_slice_in_dim(bias, start, col_step, 0)
             z, t = softcapped(logits_of(rows, w_slice, b_slice, work), options)
-            _, _, e = shifted_exp(z, center, infinite, options.temperature)
+            e = shifted_exp(limit_rows(z, infinite)[0], center, options.temperature)[3]
             columns = start + jnp.arange(col_step)
             weight_cols = None if weight is None else lax.dynamic_slice_in_dim(weight, start, col_step, 0).astype(work)
             coef_cols = None

@@ -2,11 +2,12 @@
 
 For rows z (classes last) in the work dtype and a temperature T, `row_stats` computes
 
-    m     = max_j z_j                    (first maximum at `first`; 0 for fully masked and +inf rows)
+    m     = max_j z_j                    (0 for fully masked and +inf rows)
     d_j   = (z_j - m) / T                as hi + lo: z_j - m is split exactly (TwoSum), so the gap
                                          to the max is not rounded before exp sees it
     e_j   = exp(d_hi) * (1 + d_lo)       exp of the unrounded gap, to first order
-    rest  = sum_{j != first} e_j         the sum without the max's own term, which is exactly 1
+    rest  = sum_{d_j < 0} e_j + (k - 1)  the sum without one max's own term, which is exactly 1 (k: the
+                                         entries at the max, each e = 1; no argmax needed)
     L     = log1p(rest)                  exact when one class dominates and the sum is 1 + tiny
 
 This is how float32 stays exact without float64 (JAX without x64 has none): the two roundings that
@@ -25,28 +26,44 @@ elsewhere), so those entries share the mass equally and lse = +inf. NaN propagat
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from softxent import _validation as v
 from softxent._jax import arrays as ja
+from jax import lax
 
 
-class RowStats(NamedTuple):
-    shift: jax.Array  # m / T, per row (0 for fully masked and +inf rows)
-    center: jax.Array  # m itself (what z is shifted by before T divides)
-    first: jax.Array  # column of the first maximum
-    is_first: jax.Array  # (..., C) bool: the column at `first`
-    d: jax.Array  # (z - m) / T, hi part
-    d_lo: jax.Array  # its low part (0 where d is not finite)
-    e: jax.Array  # exp(d), the max's entry 1
-    rest: jax.Array  # sum of e without the max's term
-    total: jax.Array  # 1 + rest (0 for a fully masked row)
-    log_sum: jax.Array  # L = log(total), via log1p(rest)
-    masked: jax.Array  # row all -inf
-    infinite: jax.Array  # row holds +inf
+class RowStats:
+    """Per-row statistics of rows z, and their entries computed on demand.
+
+    Only per-row arrays are computed here; the entries (d, d_c, d_lo, e) are recomputed from z where a
+    consumer needs them, so XLA fuses them into that consumer's loop instead of writing (N, V) arrays.
+    """
+
+    def __init__(self, z, temperature, center, rest, total, log_sum, masked, infinite):
+        self.z, self.temperature = z, temperature
+        self.center = center  # m itself (what z is shifted by before T divides)
+        self.shift = center / temperature if temperature != 1.0 else center  # m / T
+        self.rest = rest  # sum of e without one max's term
+        self.total = total  # 1 + rest (0 for a fully masked row)
+        self.log_sum = log_sum  # L = log(total), via log1p(rest)
+        self.masked = masked  # row all -inf
+        self.infinite = infinite  # row holds +inf
+        self._entries = None
+
+    def entries(self):
+        """(d, d_c, d_lo, e): `shifted_exp` of the rows."""
+        if self._entries is None:
+            self._entries = shifted_exp(self.z, self.center, self.temperature)
+        return self._entries
+
+    d = property(lambda self: self.entries()[0])  # (z - m) / T, hi part (-inf where z is)
+    d_c = property(lambda self: self.entries()[1])  # the same, clamped at -CLAMP (finite)
+    d_lo = property(lambda self: self.entries()[2])  # its exact low part where exp(d) > 0
+    e = property(lambda self: self.entries()[3])  # exp(d), the max's entry 1
 
     @property
     def lse(self) -> jax.Array:
@@ -68,21 +85,73 @@ def _two_diff(a, b):
     return s, err
 
 
-def shifted_exp(z: jax.Array, center: jax.Array, infinite: jax.Array, temperature: float = 1.0):
-    """(d, d_lo, e) of z given each row's shift `center` (the max of z, 0 for special rows): steps 1-2
-    of `row_stats`, also run on a slice of columns by the chunked and the vocab-parallel losses."""
-    # 1. the gap to the max, exactly: hi + lo (a row spanning more than the float range overflows to
-    #    -inf here, whose exp 0 is what the entry rounds to anyway)
-    d, d_lo = _two_diff(z, center[..., None])
-    d_lo = jnp.where(jnp.isfinite(d), d_lo, jnp.zeros_like(d_lo))
-    # a +inf row: its limit, 0 at the +inf entries and -inf elsewhere
-    d = jnp.where(infinite[..., None], jnp.where(z == jnp.inf, 0.0, -jnp.inf).astype(z.dtype), d)
+# Gaps (after T) below -CLAMP have exp 0 in the work dtype (exp(-120) < float32's smallest subnormal,
+# exp(-800) < float64's): clamping the scores there keeps TwoSum finite for -inf entries without a
+# select, which on XLA's CPU backend costs a reduction its vectorisation (3x slower measured)
+CLAMP = {"float32": 120.0, "float64": 800.0}
+
+
+def _clamp(dtype) -> float:
+    return CLAMP["float64" if dtype == jnp.float64 else "float32"]
+
+
+def limit_rows(z: jax.Array, infinite: jax.Array):
+    """(z, center) with the rows holding +inf at their limit (rule 3), without a select per entry.
+
+    Such a row's +inf entries are capped at the largest float and the row shifted by it: they get e = 1
+    and share the mass equally, every finite entry gets e = exp(-huge) = 0. (Consumers that return
+    the entries themselves, log_softmax and the target's gap, turn those into -inf.)
+    """
+    big = jnp.finfo(z.dtype).max
+    cap = jnp.where(infinite, big, jnp.inf).astype(z.dtype)
+    return jnp.minimum(z, cap[..., None]), cap
+
+
+def shifted_exp(z: jax.Array, center: jax.Array, temperature: float = 1.0):
+    """(d, d_c, d_lo, e) of z given each row's shift `center` (its max, 0 for special rows).
+
+    d = (z - c) / T as computed (-inf stays -inf); d_c the same gap clamped at -CLAMP (finite); d_lo
+    the exact low part of z - c (TwoSum, on the clamped scores: exact wherever exp is not 0); and
+    e = exp(d_c) (1 + d_lo), exp of the unrounded gap to first order. Steps 1-2 of `row_stats`, also
+    run on a slice of columns by the chunked and the vocab-parallel losses.
+    """
+    c = center[..., None]
+    clamp = _clamp(z.dtype)
+    big = float(jnp.finfo(z.dtype).max)
+    # scores below the threshold have exp 0; it is relative to |c| (c - 120 is c itself when c = 1e30)
+    # and never below -max or more than max under c, so that z - c stays finite for TwoSum
+    threshold = jnp.maximum(c - (clamp * temperature + jnp.abs(c) * 2.0**-10), jnp.maximum(c, 0.0) - big)
+    zc = jnp.maximum(z, threshold)
+    s, d_lo = _two_diff(zc, c)
+    d = z - c
     if temperature != 1.0:
         # (z - m) / T after the shift, never z / T before it (which overflows)
-        d, d_lo = d / temperature, d_lo / temperature
-    # 2. e = exp(d_hi + d_lo) to first order; the max's own entry is exactly 1
-    e = jnp.exp(d)
-    return d, d_lo, e + e * d_lo
+        d, s, d_lo = d / temperature, s / temperature, d_lo / temperature
+    d_c = jnp.maximum(s, -clamp)
+    e = jnp.exp(d_c)
+    return d, d_c, d_lo, e + e * d_lo
+
+
+def exp_sums(z, center, temperature: float = 1.0):
+    """(below, ties): the sum of e below 1 and the number of entries at the max (e == 1).
+
+    Two plain sums of one row each, kept in separate loops (``lax.optimization_barrier``): XLA fuses
+    sibling reductions into one multi-output loop, which its CPU backend runs 4x slower. e - floor(e)
+    is e below the max and 0 at it (e <= 1): the max's 1s stay out of the sum without a select, which
+    would cost the reduction its vectorisation. The count uses exp of the rounded gap: it is 1 exactly
+    where the corrected e is (a gap whose low part matters has |d| far above 2^-24).
+    """
+    e = shifted_exp(z, center, temperature)[3]
+    below = jnp.sum(e - jnp.floor(e), axis=-1)
+    z2, center2 = lax.optimization_barrier((z, center))
+    gap = jnp.maximum(z2 - center2[..., None], -_clamp(z.dtype) * temperature)
+    ties = jnp.sum(jnp.floor(jnp.exp(gap / temperature if temperature != 1.0 else gap)), axis=-1)
+    return below, ties
+
+
+def combine_rest(below, ties):
+    """The sum without one max's own term: every other entry at the max adds exactly 1."""
+    return below + jnp.maximum(ties - 1.0, 0.0)
 
 
 def log_sum(rest: jax.Array, masked: jax.Array, row_max: jax.Array):
@@ -96,16 +165,13 @@ def log_sum(rest: jax.Array, masked: jax.Array, row_max: jax.Array):
 def row_stats(z: jax.Array, temperature: float = 1.0) -> RowStats:
     """The shared row statistics of z (classes on the last axis, work dtype); see the module docstring."""
     m = jnp.max(z, axis=-1)
-    first = jnp.argmax(z, axis=-1)
     masked, infinite = m == -jnp.inf, m == jnp.inf
-    center = jnp.where(jnp.isinf(m), jnp.zeros_like(m), m)
-    d, d_lo, e = shifted_exp(z, center, infinite, temperature)
-    is_first = jnp.arange(z.shape[-1]) == first[..., None]
+    z, cap = limit_rows(z, infinite)
+    center = jnp.where(infinite, cap, jnp.where(jnp.isinf(m), jnp.zeros_like(m), m))
     # 3. the sum without the max's 1, then log1p
-    rest = jnp.sum(jnp.where(is_first, jnp.zeros_like(e), e), axis=-1)
+    rest = combine_rest(*exp_sums(z, center, temperature))
     top, total, L = log_sum(rest, masked, m)
-    shift = center / temperature if temperature != 1.0 else center
-    return RowStats(shift, center, first, is_first, d, d_lo, e, rest, total, L, masked, infinite)
+    return RowStats(z, temperature, center, rest, total, L, masked, infinite)
 
 
 def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, where: Any = None) -> jax.Array:

@@ -114,7 +114,11 @@ def _log_softmax_fwd(rows, temperature):
     stats = row_stats(rows.astype(ja.work_dtype(rows.dtype)), temperature)
     log_sum = jnp.where(stats.masked, 0.0, stats.log_sum)  # -inf - 0 keeps a masked row -inf, never NaN
     # (d_hi - L) + d_lo: both parts <= 0 (d_lo is below half an ulp of d_hi)
-    out = ((stats.d - log_sum[..., None]) + stats.d_lo).astype(rows.dtype)
+    d_lo = jnp.where(stats.d == stats.d_c, stats.d_lo, 0.0)  # no low part where the gap is clamped
+    out = (stats.d - log_sum[..., None]) + d_lo
+    # a row holding +inf: -inf off its +inf entries (the kernel shifted them by the largest float)
+    out = jnp.where(stats.infinite[..., None] & (stats.z < stats.center[..., None]), -jnp.inf, out)
+    out = out.astype(rows.dtype)
     return out, out
 
 

@@ -24,10 +24,10 @@ from softxent import _validation as v
 from softxent._jax import arrays as ja
 from softxent._options import LossOptions
 from softxent.ops.cross_entropy import spec
-from softxent.ops.cross_entropy.jax import Problem, chain, softcapped
+from softxent.ops.cross_entropy.jax import Problem, chain, softcapped, target_gap_of
 from softxent.ops.linear_cross_entropy.jax import (checked_layer, chunk_sizes, column_sweep, logits_of,
                                                    row_sweep)
-from softxent.ops.logsumexp.jax import RowStats, row_stats, shifted_exp
+from softxent.ops.logsumexp.jax import RowStats, limit_rows, row_stats, shifted_exp
 
 
 class TokenRows(NamedTuple):
@@ -36,7 +36,7 @@ class TokenRows(NamedTuple):
     kept: Any
     bad: Any
     safe: Any
-    first: Any
+    at_top: Any  # the target holds the row max
     rest: Any
     total: Any
     log_sum: Any
@@ -58,29 +58,29 @@ def token_rows(stats: RowStats, labels, options: LossOptions, num_classes: int):
     kept = (labels != options.ignore_index) & ~stats.masked
     bad = spec.bad_labels(labels, num_classes, options.ignore_index)
     safe = jnp.clip(jnp.where(kept, labels, 0), 0, max(0, num_classes - 1))
-    d_t = jnp.take_along_axis(stats.d, safe[..., None], axis=-1)[..., 0]
-    d_t_lo = jnp.take_along_axis(stats.d_lo, safe[..., None], axis=-1)[..., 0]
+    d_t, d_t_lo = target_gap_of(stats, safe)
     L = stats.log_sum
     log_prob = -((-d_t) + (L - d_t_lo))
     total = jnp.where(stats.total > 0, stats.total, 1.0)
     p = stats.e / total[..., None]
-    entropy = L + jnp.sum(jnp.where(p > 0, p * -stats.d, 0.0), axis=-1)
+    # the clamped gap: p = 0 there, so p * d_c = 0 without a select (a -inf gap would give 0 * inf)
+    entropy = L + jnp.sum(p * -stats.d_c, axis=-1)
     log_prob = jnp.where(bad, jnp.nan, jnp.where(kept, log_prob, 0.0))
     entropy = jnp.where(bad, jnp.nan, jnp.where(kept, entropy, 0.0))
-    return log_prob, entropy, TokenRows(kept, bad, safe, stats.first, stats.rest, total, L, entropy)
+    return log_prob, entropy, TokenRows(kept, bad, safe, d_t == 0, stats.rest, total, L, entropy)
 
 
-def token_grad_columns(e, d, d_lo, columns, rows: TokenRows, g_lp, g_h, t, options: LossOptions, dtype):
+def token_grad_columns(e, d_c, d_lo, columns, rows: TokenRows, g_lp, g_h, t, options: LossOptions, dtype):
     """d(sum g_lp log_p + sum g_h H)/dz on some columns (global ids `columns`), from e = exp(d)."""
     p = e / rows.total[..., None]
     at_t = columns == rows.safe[..., None]
     dlp = jnp.where(at_t, 1.0 - p, -p)
     # 1 - p_t at the max as sum_{j != t} p_j: no cancellation when p_t is near 1 (rule 11)
-    dlp = jnp.where(at_t & (rows.safe == rows.first)[..., None], (rows.rest / rows.total)[..., None], dlp)
+    dlp = jnp.where(at_t & rows.at_top[..., None], (rows.rest / rows.total)[..., None], dlp)
     grad = g_lp[..., None] * dlp
     if g_h is not None:
-        log_p = (d - rows.log_sum[..., None]) + d_lo
-        grad = grad - g_h[..., None] * jnp.where(p > 0, p * (log_p + rows.entropy[..., None]), 0.0)
+        log_p = (d_c - rows.log_sum[..., None]) + d_lo  # finite: p = 0 where the gap is clamped
+        grad = grad - g_h[..., None] * (p * (log_p + rows.entropy[..., None]))
     grad = chain(grad, t, options)
     grad = jnp.where(rows.kept[..., None], grad, 0.0)
     return jnp.where(rows.bad[..., None], jnp.nan, grad).astype(dtype)
@@ -160,10 +160,10 @@ def _token_fwd(rows, labels, static):
     columns = jnp.arange(num_classes)
     ones, nothing = jnp.ones((num_rows,), work), jnp.zeros((num_rows,), work)
     # the two Jacobian rows, in the forward sweep: the backward only scales them by the cotangents
-    d_lp = token_grad_columns(stats.e, stats.d, stats.d_lo, columns, token, ones, None, t, options, rows.dtype)
+    d_lp = token_grad_columns(stats.e, stats.d_c, stats.d_lo, columns, token, ones, None, t, options, rows.dtype)
     d_h = None
     if with_entropy:
-        d_h = token_grad_columns(stats.e, stats.d, stats.d_lo, columns, token, nothing, ones, t, options,
+        d_h = token_grad_columns(stats.e, stats.d_c, stats.d_lo, columns, token, nothing, ones, t, options,
                                  rows.dtype)
     return (lp.astype(out), h.astype(out)), (d_lp, d_h)
 
@@ -267,9 +267,9 @@ def _linear_token_bwd(static, residual, cotangents):
             w_slice = lax.dynamic_slice_in_dim(w, start, col_step, 0)
             b_slice = None if bias is None else lax.dynamic_slice_in_dim(bias, start, col_step, 0)
             z, t = softcapped(logits_of(rows, w_slice, b_slice, work), options)
-            d, d_lo, e = shifted_exp(z, center, infinite, options.temperature)
+            _, d_c, d_lo, e = shifted_exp(limit_rows(z, infinite)[0], center, options.temperature)
             columns = start + jnp.arange(col_step)
-            grad = token_grad_columns(e, d, d_lo, columns, token, g_lp, g_h, t, options, work)
+            grad = token_grad_columns(e, d_c, d_lo, columns, token, g_lp, g_h, t, options, work)
             return grad, w_slice.astype(work), rows.astype(work)
 
         dx, dw, db = column_sweep(num_classes, col_step, body, dx, dw, db)
