@@ -25,7 +25,11 @@ demo: $(VENV)/.demo
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
 
-bench: $(VENV)/.dev
+$(VENV)/.bench: $(VENV)/.dev
+	$(PIP) -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench
 	$(VENV)/bin/softxent bench --quick
 
 clean:

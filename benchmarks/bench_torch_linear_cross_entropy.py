@@ -1,5 +1,6 @@
-"""Linear layer + cross-entropy, forward + backward: softxent's fused op beside the unfused reference and
-torch's own chunked F.linear_cross_entropy (and the NumPy layer's fused op).
+"""Linear layer + cross-entropy, forward + backward: softxent's fused op beside the unfused reference,
+torch's own chunked F.linear_cross_entropy, Cut Cross-Entropy's torch.compile implementation (the one
+that runs on the CPU; `pip install -e '.[bench]'`), and the NumPy layer's fused op.
 
 Each provider computes the loss of `input @ linear_weight.T` against class indices and the gradients of
 input and linear_weight, in a fresh process (harness.py), and drops the gradients before returning.
@@ -57,6 +58,14 @@ def make_torch_chunked(case, device):
     return _runner(lambda x, w, t: functional(x, w, t, options=options()), case, device)
 
 
+def make_cce_torch_compile(case, device):
+    try:
+        from cut_cross_entropy import linear_cross_entropy
+    except ImportError:
+        raise Unavailable("cut-cross-entropy not installed (pip install -e '.[bench]')") from None
+    return _runner(lambda x, w, t: linear_cross_entropy(x, w, t, impl="torch_compile"), case, device)
+
+
 def make_softxent_numpy(case, device):
     if device != "cpu":
         raise Unavailable("the NumPy layer runs on the CPU")
@@ -77,4 +86,4 @@ def describe(case, row):
 if __name__ == "__main__":
     main("torch_linear_cross_entropy", CASES, QUICK,
          {"softxent": make_softxent, "unfused": make_unfused, "torch-chunked": make_torch_chunked,
-          "softxent-numpy": make_softxent_numpy}, describe=describe)
+          "cce-torch-compile": make_cce_torch_compile, "softxent-numpy": make_softxent_numpy}, describe=describe)

@@ -206,7 +206,9 @@ def main(op: str, cases: dict[str, dict], quick_cases: dict[str, dict], provider
     parser = argparse.ArgumentParser(description=f"benchmark {op}: softxent beside its peers")
     parser.add_argument("--quick", action="store_true", help="small shapes (seconds, for smoke tests)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the CSV and JSON")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the CSV and JSON (default results/, or results/quick/ with --quick: a "
+                             "smoke run never overwrites the figures we quote)")
     parser.add_argument("--providers", default=None, help="comma-separated subset of providers")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per provider and case")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -237,6 +239,7 @@ def main(op: str, cases: dict[str, dict], quick_cases: dict[str, dict], provider
                      if "time_s" in row else row["skipped"]), flush=True)
     add_ratios(rows)
     print(format_table(rows))
-    path = write_results(op, args.device, rows, args.out)
+    out = args.out if args.out is not None else (RESULTS / "quick" if args.quick else RESULTS)
+    path = write_results(op, args.device, rows, out)
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return rows
