@@ -187,6 +187,8 @@ def linear_token_log_probs(input: torch.Tensor, linear_weight: torch.Tensor, tar
     if check_labels:
         _backend.check_labels(target, num_classes, options.ignore_index, input)
     rows = input.numel() // max(1, features)
+    # linear_cross_entropy's choice: a quarter of the gradients' size in logits. Smaller chunks cost time
+    # (each one reads W twice and dW twice: at 72 rows of 1024 x 32000 the products run 1.8x slower)
     chunk = chunk_size or choose_chunk_size(rows, num_classes, features, input.dtype, input.device)
     plan = _LinearPlan(options, bool(return_entropy), max(1, min(chunk, rows)))
     lp, h = _LinearTokenLogProbs.apply(input, linear_weight, linear_bias, target, plan)

@@ -76,7 +76,7 @@ def token_forward_rows(logits: torch.Tensor, labels: torch.Tensor, options: Loss
         return lp, h, stats
     kept = (labels != options.ignore_index).view(-1, 1)
     safe = torch.where(kept.view(-1), labels, 0).view(-1, 1)
-    step = chunk_rows(num_classes, acc)
+    step = max(1, chunk_rows(num_classes, acc) // 2)  # two or three such buffers per thread: half a chunk
     lowest = torch.finfo(acc).min
 
     def work(start: int, stop: int) -> None:
@@ -143,7 +143,7 @@ def token_backward_rows(logits: torch.Tensor, labels: torch.Tensor, options: Los
     safe = torch.where(kept, labels, 0).view(-1, 1)
     # the target's own g (1 - p_t) as -g expm1(log p_t): never 1 - p_t by cancellation (rule 11)
     target_part = (-torch.expm1(lp.view(-1, 1))) * g
-    step = chunk_rows(num_classes, acc)
+    step = max(1, chunk_rows(num_classes, acc) // 2)  # two or three such buffers per thread: half a chunk
     lowest = torch.finfo(acc).min
     softcap = options.softcap is not None
 
