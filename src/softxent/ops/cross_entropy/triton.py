@@ -52,12 +52,15 @@ def _flag_key(row, label):
 
 @triton.jit
 def _label_info(target_ptr, target_stride, weight_ptr, row, num_classes, ignore_index, keep_target,
-                HAS_WEIGHT: tl.constexpr):
-    """The row's class index and what it implies: kept (not ignored), bad (out of range), t_coef.
+                HAS_WEIGHT: tl.constexpr, PROBS: tl.constexpr):
+    """The row's class index and what it implies: safe (to gather with), kept (not ignored), bad (out of
+    range), t_coef.
 
     The range test is the spec's (`spec.bad_labels`, which the caller runs on the whole target); it is
     repeated here only so that the kernel never reads outside the row, and a bad row is NaN, not garbage.
     """
+    if PROBS:  # probability targets: no label, every row counts
+        return row * 0 - 1, row * 0, row >= 0, row < 0, 0.0
     label = tl.load(target_ptr + row * target_stride).to(tl.int64)
     kept = label != ignore_index
     in_range = (label >= 0) & (label < num_classes)
@@ -197,15 +200,10 @@ def _ce_fused_kernel(x_ptr, x_stride, target_ptr, target_stride, weight_ptr, gra
     row = tl.program_id(0).to(tl.int64)  # int64: N * C passes 2**31 at LLM sizes
     x_row = x_ptr + row * x_stride
     probs_row = target_ptr + row * target_stride
-    if PROBS:
-        label = row * 0 - 1
-        kept = row >= 0
-        bad = row < 0
-        z_t = 0.0
-        t_coef = 0.0
-    else:
-        label, safe, kept, bad, t_coef = _label_info(target_ptr, target_stride, weight_ptr, row, num_classes,
-                                                     ignore_index, keep_target, HAS_WEIGHT)
+    label, safe, kept, bad, t_coef = _label_info(target_ptr, target_stride, weight_ptr, row, num_classes,
+                                                 ignore_index, keep_target, HAS_WEIGHT, PROBS)
+    z_t = 0.0
+    if not PROBS:
         if CHECK:
             tl.atomic_min(flag_ptr, _flag_key(row, label), mask=bad)
         z_t = transform(tl.load(x_row + safe).to(tl.float32), softcap, inv_temperature, HAS_SOFTCAP)
@@ -239,7 +237,7 @@ def _ce_partial_kernel(x_ptr, x_stride, target_ptr, target_stride, weight_ptr, s
     if not PROBS:
         # read now: the second launch may already have written the gradient over this logit
         label, safe, kept, bad, t_coef = _label_info(target_ptr, target_stride, weight_ptr, row, num_classes,
-                                                     ignore_index, keep_target, HAS_WEIGHT)
+                                                     ignore_index, keep_target, HAS_WEIGHT, PROBS)
         first = split == 0
         if CHECK:
             tl.atomic_min(flag_ptr, _flag_key(row, label), mask=bad & first)
@@ -266,15 +264,10 @@ def _ce_finish_kernel(x_ptr, x_stride, target_ptr, target_stride, weight_ptr, gr
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     probs_row = target_ptr + row * target_stride
-    if PROBS:
-        label = row * 0 - 1
-        kept = row >= 0
-        bad = row < 0
-        z_t = 0.0
-        t_coef = 0.0
-    else:
-        label, safe, kept, bad, t_coef = _label_info(target_ptr, target_stride, weight_ptr, row, num_classes,
-                                                     ignore_index, keep_target, HAS_WEIGHT)
+    label, safe, kept, bad, t_coef = _label_info(target_ptr, target_stride, weight_ptr, row, num_classes,
+                                                 ignore_index, keep_target, HAS_WEIGHT, PROBS)
+    z_t = 0.0
+    if not PROBS:
         z_t = tl.load(z_t_ptr + row)
     states = state_ptr + row * splits * 4
     m = tl.full([], float("-inf"), tl.float32)
