@@ -29,7 +29,7 @@ from softxent._jax import arrays as ja
 from softxent._options import LossOptions
 from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.jax import (Problem, denominator, finish_grad, grad_columns, row_losses)
-from softxent.ops.logsumexp.jax import RowStats, combine_rest, exp_sums, limit_rows, log_sum, shifted_exp
+from softxent.ops.logsumexp.jax import RowStats, combine_rest, exp_sums, limit_cap, log_sum, shifted_exp
 
 
 def vocab_parallel_cross_entropy(local_logits: Any, target: Any, *, axis_name: Any, ignore_index: int = -100,
@@ -112,15 +112,16 @@ def _vocab_parallel_fwd(rows, labels, num_items, static):
         # 1. the global max
         m = lax.pmax(jnp.max(z, axis=-1), axis_name)
         masked, infinite = m == -jnp.inf, m == jnp.inf
-        z, cap = limit_rows(z, infinite)
+        cap = limit_cap(infinite, z.dtype)
         center = jnp.where(infinite, cap, jnp.where(jnp.isinf(m), jnp.zeros_like(m), m))
         # 2. the sum without one max's own term, over every device: the parts all-reduced, then combined
-        below, ties = lax.psum(exp_sums(z, center), axis_name)
+        below, ties = lax.psum(exp_sums(z, cap, center), axis_name)
         rest = combine_rest(below, ties)
         _, total, L = log_sum(rest, masked, m)
-        stats = RowStats(z, 1.0, center, rest, total, L, masked, infinite)
+        stats = RowStats(z, cap, 1.0, center, rest, total, L, masked, infinite)
         d, d_c, d_lo, e = stats.entries()
         # 3. the target's gap, held by one device
+        z = stats.z
         mine = columns == labels[:, None]
         gap = lax.psum(jnp.stack([jnp.sum(jnp.where(mine, d, 0.0), axis=-1),
                                   jnp.sum(jnp.where(mine & (d == d_c), d_lo, 0.0), axis=-1)]), axis_name)

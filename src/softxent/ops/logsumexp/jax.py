@@ -43,8 +43,8 @@ class RowStats:
     consumer needs them, so XLA fuses them into that consumer's loop instead of writing (N, V) arrays.
     """
 
-    def __init__(self, z, temperature, center, rest, total, log_sum, masked, infinite):
-        self.z, self.temperature = z, temperature
+    def __init__(self, raw, cap, temperature, center, rest, total, log_sum, masked, infinite):
+        self.raw, self.cap, self.temperature = raw, cap, temperature
         self.center = center  # m itself (what z is shifted by before T divides)
         self.shift = center / temperature if temperature != 1.0 else center  # m / T
         self.rest = rest  # sum of e without one max's term
@@ -54,10 +54,18 @@ class RowStats:
         self.infinite = infinite  # row holds +inf
         self._entries = None
 
+    @property
+    def z(self):
+        """The rows, those holding +inf at their limit (`limit_rows`)."""
+        return jnp.minimum(self.raw, self.cap[..., None])
+
     def entries(self):
-        """(d, d_c, d_lo, e): `shifted_exp` of the rows."""
+        """(d, d_c, d_lo, e): `shifted_exp` of the rows, from inputs behind an optimization barrier so
+        that XLA recomputes them inside the consumer's loop rather than sharing (and writing out) the
+        sums' own copy."""
         if self._entries is None:
-            self._entries = shifted_exp(self.z, self.center, self.temperature)
+            raw, cap, center = lax.optimization_barrier((self.raw, self.cap, self.center))
+            self._entries = shifted_exp(jnp.minimum(raw, cap[..., None]), center, self.temperature)
         return self._entries
 
     d = property(lambda self: self.entries()[0])  # (z - m) / T, hi part (-inf where z is)
@@ -95,16 +103,20 @@ def _clamp(dtype) -> float:
     return CLAMP["float64" if dtype == jnp.float64 else "float32"]
 
 
-def limit_rows(z: jax.Array, infinite: jax.Array):
+def limit_rows(z: jax.Array, infinite: jax.Array):  # noqa: D401
     """(z, center) with the rows holding +inf at their limit (rule 3), without a select per entry.
 
     Such a row's +inf entries are capped at the largest float and the row shifted by it: they get e = 1
     and share the mass equally, every finite entry gets e = exp(-huge) = 0. (Consumers that return
     the entries themselves, log_softmax and the target's gap, turn those into -inf.)
     """
-    big = jnp.finfo(z.dtype).max
-    cap = jnp.where(infinite, big, jnp.inf).astype(z.dtype)
+    cap = limit_cap(infinite, z.dtype)
     return jnp.minimum(z, cap[..., None]), cap
+
+
+def limit_cap(infinite, dtype):
+    """Per row: the largest float for rows holding +inf, +inf (no cap) for the others."""
+    return jnp.where(infinite, jnp.finfo(dtype).max, jnp.inf).astype(dtype)
 
 
 def shifted_exp(z: jax.Array, center: jax.Array, temperature: float = 1.0):
@@ -132,19 +144,20 @@ def shifted_exp(z: jax.Array, center: jax.Array, temperature: float = 1.0):
     return d, d_c, d_lo, e + e * d_lo
 
 
-def exp_sums(z, center, temperature: float = 1.0):
+def exp_sums(raw, cap, center, temperature: float = 1.0):
     """(below, ties): the sum of e below 1 and the number of entries at the max (e == 1).
 
     Two plain sums of one row each, kept in separate loops (``lax.optimization_barrier``): XLA fuses
     sibling reductions into one multi-output loop, which its CPU backend runs 4x slower. e - floor(e)
-    is e below the max and 0 at it (e <= 1): the max's 1s stay out of the sum without a select, which
-    would cost the reduction its vectorisation. The count uses exp of the rounded gap: it is 1 exactly
-    where the corrected e is (a gap whose low part matters has |d| far above 2^-24).
+    is e below the max and 0 at it (e <= 1): the max's 1s stay out of the sum without a select. Both
+    start from the raw rows (`raw`, capped by `cap`, see `limit_rows`): anything computed before the
+    barrier would be written out as an (N, V) array. The count uses exp of the rounded gap: it is 1
+    exactly where the corrected e is (a gap whose low part matters has |d| far above 2^-24).
     """
-    e = shifted_exp(z, center, temperature)[3]
+    e = shifted_exp(jnp.minimum(raw, cap[..., None]), center, temperature)[3]
     below = jnp.sum(e - jnp.floor(e), axis=-1)
-    z2, center2 = lax.optimization_barrier((z, center))
-    gap = jnp.maximum(z2 - center2[..., None], -_clamp(z.dtype) * temperature)
+    raw2, cap2, center2 = lax.optimization_barrier((raw, cap, center))
+    gap = jnp.maximum(jnp.minimum(raw2, cap2[..., None]) - center2[..., None], -_clamp(raw.dtype) * temperature)
     ties = jnp.sum(jnp.floor(jnp.exp(gap / temperature if temperature != 1.0 else gap)), axis=-1)
     return below, ties
 
@@ -166,12 +179,12 @@ def row_stats(z: jax.Array, temperature: float = 1.0) -> RowStats:
     """The shared row statistics of z (classes on the last axis, work dtype); see the module docstring."""
     m = jnp.max(z, axis=-1)
     masked, infinite = m == -jnp.inf, m == jnp.inf
-    z, cap = limit_rows(z, infinite)
+    cap = limit_cap(infinite, z.dtype)
     center = jnp.where(infinite, cap, jnp.where(jnp.isinf(m), jnp.zeros_like(m), m))
     # 3. the sum without the max's 1, then log1p
-    rest = combine_rest(*exp_sums(z, center, temperature))
+    rest = combine_rest(*exp_sums(z, cap, center, temperature))
     top, total, L = log_sum(rest, masked, m)
-    return RowStats(z, temperature, center, rest, total, L, masked, infinite)
+    return RowStats(z, cap, temperature, center, rest, total, L, masked, infinite)
 
 
 def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, where: Any = None) -> jax.Array:
