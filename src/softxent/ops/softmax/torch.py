@@ -220,14 +220,8 @@ class _Softmax(torch.autograd.Function):
         return e.div_(total.to(e.dtype)).to(x.dtype), m  # same dtypes: the vectorised division
 
     setup_context = staticmethod(lambda ctx, inputs, outputs: _save(ctx, inputs, outputs))
-
-    @staticmethod
-    def backward(ctx, grad, _):
-        out, m = ctx.saved_tensors
-        if out.dim() == 0 or out.shape[ctx.dim] == 0:
-            return torch.zeros_like(grad), None, None
-        dx = torch._softmax_backward_data(grad, out, ctx.dim, out.dtype)  # p * (g - sum p g)
-        return dx * _scale(m, ctx.temperature, dx.dtype), None, None
+    # p (g - sum p g)
+    backward = staticmethod(lambda ctx, grad, _: _backward(torch._softmax_backward_data, ctx, grad))
 
 
 class _LogSoftmax(torch.autograd.Function):
@@ -245,14 +239,17 @@ class _LogSoftmax(torch.autograd.Function):
         return d.sub_(log_sum).to(x.dtype), m  # d <= 0 and -log_sum <= 0: nothing cancels
 
     setup_context = staticmethod(lambda ctx, inputs, outputs: _save(ctx, inputs, outputs))
+    # g - exp(out) sum g
+    backward = staticmethod(lambda ctx, grad, _: _backward(torch._log_softmax_backward_data, ctx, grad))
 
-    @staticmethod
-    def backward(ctx, grad, _):
-        out, m = ctx.saved_tensors
-        if out.dim() == 0 or out.shape[ctx.dim] == 0:
-            return torch.zeros_like(grad), None, None
-        dx = torch._log_softmax_backward_data(grad, out, ctx.dim, out.dtype)  # g - exp(out) sum g
-        return dx * _scale(m, ctx.temperature, dx.dtype), None, None
+
+def _backward(vjp, ctx, grad):
+    """torch's fused vector-Jacobian product `vjp` on the saved output, times 1 / T (0 on constant rows)."""
+    out, m = ctx.saved_tensors
+    if out.dim() == 0 or out.shape[ctx.dim] == 0:
+        return torch.zeros_like(grad), None, None
+    dx = vjp(grad, out, ctx.dim, out.dtype)
+    return dx * _scale(m, ctx.temperature, dx.dtype), None, None
 
 
 def _save(ctx, inputs, outputs) -> None:
