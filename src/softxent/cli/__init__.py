@@ -19,6 +19,15 @@ class UsageError(Exception):
     """A mistake in what the user asked for: printed as one line, exit status 2, no traceback."""
 
 
+def parses_as(convert, text: str) -> bool:
+    """True when convert(text) (int, float) accepts the text: how the commands tell numbers from words."""
+    try:
+        convert(text)
+    except ValueError:
+        return False
+    return True
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softxent", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")

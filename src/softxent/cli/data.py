@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import parses_as
+
 
 @dataclass
 class Dataset:
@@ -148,28 +150,20 @@ def first_row_is_header(rows: list[list[str]], label_column: str | None) -> tupl
       names over numeric columns, a header of numbers with one text name for the label).
     """
     first = [cell.strip() for cell in rows[0]]
-    if label_column is not None and label_column in first and not _is_integer(label_column):
+    if label_column is not None and label_column in first and not parses_as(int, label_column):
         return True, f"it holds the --label-column name {label_column!r}"
     label = len(first) - 1
-    if label_column is not None and _is_integer(label_column) and -len(first) <= int(label_column) < len(first):
+    if label_column is not None and parses_as(int, label_column) and -len(first) <= int(label_column) < len(first):
         label = int(label_column) % len(first)
-    text = [j for j, cell in enumerate(first) if j != label and not _is_number(cell)]
+    text = [j for j, cell in enumerate(first) if j != label and not parses_as(float, cell)]
     if text:
         return True, f"{first[text[0]]!r} in a feature column is not a number"
-    if _is_number(first[label]):
+    if parses_as(float, first[label]):
         return False, "every cell is a number"
     later = {row[label].strip() for row in rows[1:] if len(row) > label}
     if first[label] in later:
         return False, f"its label {first[label]!r} is a class of later rows"
     return True, f"its label-column cell {first[label]!r} is no class of later rows"
-
-
-def _is_integer(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _first_bad_cell(path: Path, rows, feature_indices: list[int], names: list[str]) -> None:
@@ -184,14 +178,6 @@ def _first_bad_cell(path: Path, rows, feature_indices: list[int], names: list[st
             if not math.isfinite(value):
                 raise ValueError(f"--data: {path} line {number}, feature column {names[j]!r}: {cell!r} is not finite")
     raise ValueError(f"--data: {path} holds a feature that is not a finite number")  # pragma: no cover
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
 
 
 def _label_index(label_column: str | None, names: list[str], has_header: bool, path: Path) -> int:
@@ -213,7 +199,7 @@ def _label_index(label_column: str | None, names: list[str], has_header: bool, p
 def _classes(labels: list[str]) -> tuple[list[str], np.ndarray]:
     """Sorted distinct labels (as numbers when all are numbers) and each row's class index."""
     distinct = set(labels)
-    if all(_is_number(label) for label in distinct):
+    if all(parses_as(float, label) for label in distinct):
         # numbers are classes by value: "1" and "1.0" are one class, and "10" comes after "2"
         key = {label: float(label) for label in distinct}
         values = sorted(set(key.values()))

@@ -21,7 +21,7 @@ import numpy as np
 
 import softxent as sx
 
-from . import UsageError
+from . import UsageError, parses_as
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,15 +47,7 @@ def negative_numbers_as_values(argv: list[str]) -> list[str]:
     `-inf`, `-1e3` and `-nan` do not. A leading space keeps the word a value (argparse only looks at
     the first character) and float() ignores it.
     """
-    return [f" {word}" if word.startswith("-") and _is_float(word) else word for word in argv]
-
-
-def _is_float(word: str) -> bool:
-    try:
-        float(word)
-    except ValueError:
-        return False
-    return True
+    return [f" {word}" if word.startswith("-") and parses_as(float, word) else word for word in argv]
 
 
 @dataclass
