@@ -178,10 +178,16 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="the whole grid, up to 4096 x 128256, with torch.compile")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (inductor) in the default grid")
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per provider and mode")
+    parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out (even with --full)")
+    parser.add_argument("--only", default="", help="comma-separated case names, e.g. 4096x128256,1024x128256")
+    parser.add_argument("--tag", default="", help="suffix of the result files: torch_shapes-cpu<tag>.csv")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     shapes = FULL_SHAPES if args.full else DEFAULT_SHAPES
-    compile_too = args.full or args.compile
+    if args.only:
+        wanted = set(args.only.split(","))
+        shapes = [(name, shape) for name, shape in FULL_SHAPES if name in wanted]
+    compile_too = (args.full or args.compile) and not args.no_compile
     rows = []
     for name, shape in shapes:
         elements = 1
@@ -216,7 +222,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     fields = ["case", "dtype", "mode", "provider", "elements", "time_s", "median_s", "ratio", "ratio_compile", "peak_extra_bytes",
               "peak_over_logits", "logits_bytes", "repeats", "skipped"]
-    csv_path = args.out / "torch_shapes-cpu.csv"
+    csv_path = args.out / f"torch_shapes-cpu{args.tag}.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -227,8 +233,8 @@ def main() -> None:
     meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "grid": "full" if args.full else "default",
             "note": "ratios from one run, providers side by side in one fresh process per case", "summary": summary}
-    (args.out / "torch_shapes-cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    _plot(rows, args.out / "torch_shapes-cpu.png")
+    (args.out / f"torch_shapes-cpu{args.tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    _plot(rows, args.out / f"torch_shapes-cpu{args.tag}.png")
     print("\n".join(summary))
     print(f"wrote {csv_path} and .json, .png")
 

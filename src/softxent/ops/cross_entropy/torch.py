@@ -56,6 +56,14 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     ``z * lse**2`` per row not ignored (PaLM), unweighted, normalised as the rest; `softcap` c makes the
     logits ``c * tanh(x / c)`` first (Gemma 2), then `temperature` T divides them.
 
+    Everything torch does with F.cross_entropy works: double backward (create_graph: the backward is
+    then built from differentiable ops, its value still the exact gradient), torch.func's grad, vmap
+    and jacrev, autocast (16-bit inputs run in float32 and the loss is float32, as torch's),
+    torch.compile with static or dynamic shapes and fullgraph=True. Small problems (up to
+    `SMALL_MAX_ELEMENTS` logits) take a path of a few aten calls in float64 on the calling thread,
+    larger ones the fused chunked kernel; both meet API rule 11. The function holds the logits until
+    the backward (as torch holds its log_softmax), for a second or double backward.
+
     Where softxent decides differently from PyTorch (shared/API.md): a fully masked row (all logits
     -inf) gives 0 loss and 0 gradient but is counted in ``"mean"`` (PyTorch: NaN); with every row
     ignored ``"mean"`` gives 0 and a zero gradient (PyTorch: NaN); class indices outside [0, C) other
@@ -100,6 +108,9 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
         >>> loss.backward()
         >>> logits.grad.round(decimals=3)                            # softmax - onehot
         tensor([[ 0.0900,  0.2450, -0.3350]])
+
+    See also: softxent.cross_entropy (NumPy), softxent.torch.linear_cross_entropy (the head and its loss
+    in chunks), softxent.torch.triton.cross_entropy_rows (the CUDA kernel).
 
     References:
         Milakov & Gimelshein 2018, "Online normalizer calculation for softmax"; Blanchard, Higham &
