@@ -79,7 +79,8 @@ def test_small_paths_agree_with_the_fused_path(monkeypatch, options, shape):
         x[2, 4] = -float("inf")
         x[3, 1] = float("inf")
     if probs:
-        t = torch.softmax(torch.randn(shape, generator=torch.Generator().manual_seed(4)), dim=0 if len(shape) == 1 else 1)
+        scores = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+        t = torch.softmax(scores, dim=0 if len(shape) == 1 else 1)
     results = {}
     for path in ("lean", "composite", "fused"):
         _path(monkeypatch, path)
@@ -132,8 +133,8 @@ def test_positional_arguments_in_torch_order():
     t[0] = 4
     w = torch.linspace(0.5, 1.5, 5)
     assert_close(sxt.cross_entropy(x, t, None, None, 4), F.cross_entropy(x, t, None, None, 4), dtype="float32")
-    assert_close(sxt.cross_entropy(x, t, w, None, 2, None, "sum", 0.1), F.cross_entropy(x, t, w, None, 2, None, "sum", 0.1),
-                 dtype="float32")
+    positional = (w, None, 2, None, "sum", 0.1)  # all eight of torch's positions
+    assert_close(sxt.cross_entropy(x, t, *positional), F.cross_entropy(x, t, *positional), dtype="float32")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ours = sxt.cross_entropy(x, t, None, False)  # size_average=False: "sum", with torch's warning
