@@ -90,15 +90,19 @@ def _softmax(rows, temperature):
 
 
 def _softmax_fwd(rows, temperature):
-    probs = row_stats(rows.astype(ja.work_dtype(rows.dtype)), temperature).probs.astype(rows.dtype)
-    return probs, probs
+    stats = row_stats(rows.astype(ja.work_dtype(rows.dtype)), temperature)
+    probs = stats.probs.astype(rows.dtype)
+    # fully masked rows and rows holding +inf are constant in x (their limits): gradient 0 (rule 2)
+    return probs, (probs, stats.masked | stats.infinite)
 
 
-def _softmax_bwd(temperature, probs, g):
+def _softmax_bwd(temperature, residual, g):
+    probs, constant = residual
     work = ja.work_dtype(probs.dtype)
     p, g = probs.astype(work), g.astype(work)
     dot = jnp.sum(p * g, axis=-1, keepdims=True)
-    return ((p * (g - dot) / temperature).astype(probs.dtype),)
+    grad = jnp.where(constant[..., None], 0.0, p * (g - dot) / temperature)
+    return (grad.astype(probs.dtype),)
 
 
 _softmax.defvjp(_softmax_fwd, _softmax_bwd)
@@ -119,15 +123,15 @@ def _log_softmax_fwd(rows, temperature):
     # a row holding +inf: -inf off its +inf entries (the kernel shifted them by the largest float)
     out = jnp.where(stats.infinite[..., None] & (stats.z < stats.center[..., None]), -jnp.inf, out)
     out = out.astype(rows.dtype)
-    return out, out
+    return out, (out, stats.masked | stats.infinite)
 
 
-def _log_softmax_bwd(temperature, out, g):
+def _log_softmax_bwd(temperature, residual, g):
+    out, constant = residual  # fully masked and +inf rows: constant in x, gradient 0 (rule 2)
     work = ja.work_dtype(out.dtype)
     lp, g = out.astype(work), g.astype(work)
-    masked = jnp.all(lp == -jnp.inf, axis=-1, keepdims=True)
     grad = (g - jnp.exp(lp) * jnp.sum(g, axis=-1, keepdims=True)) / temperature
-    return (jnp.where(masked, 0.0, grad).astype(out.dtype),)
+    return (jnp.where(constant[..., None], 0.0, grad).astype(out.dtype),)
 
 
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
