@@ -83,7 +83,8 @@ def softcapped(x, options: LossOptions):
 def target_gap_of(stats: RowStats, safe):
     """(d_t, its exact low part) at column `safe` of each row (the low part 0 where the gap is clamped)."""
     pick = lambda a: jnp.take_along_axis(a, safe[..., None], axis=-1)[..., 0]
-    z_t = pick(stats.z)
+    z_t = jnp.minimum(pick(stats.raw), stats.cap)  # the cap per row: gathering from the capped rows
+    #                                                 would write them out as an (N, V) array
     # per row: the gap z_t - m split exactly (TwoSum), then / T; -inf targets and the finite entries
     # of a row holding +inf (shifted by the largest float) are -inf
     d_t, d_lo_t = _pair_diff(z_t, stats.center)
