@@ -6,10 +6,8 @@ from typing import Any
 
 import numpy as np
 
-import array_api_compat.numpy as xp
-
 from softxent import _validation as v
-from softxent._arrays import Rows, as_float_array, block_rows, blocks
+from softxent._arrays import Rows, as_float_array, block_rows, blocks, xp
 from softxent._options import LossOptions
 from softxent.ops.cross_entropy import spec
 from softxent.ops.linear_cross_entropy.numpy import _Accumulator, _CHUNK_ELEMENTS, _checked_layer
