@@ -18,6 +18,7 @@ gradient is ``T * d/du``. Gradients flow to the student only: the teacher is a c
 the rows counted (all of them without a target) or by `num_items` (`spec.row_denominator`); a row whose
 student or teacher logits are all -inf gives 0 (rule 2).
 
-Layers: `numpy.py` (the reference, with its gradient), `torch.py` (autograd on CPU kernels). Each holds
-the plain form and the linear one, which computes both heads chunk by chunk.
+Layers: `numpy.py` (the reference, with its gradient), `torch.py` (autograd on the row kernels:
+`torch_cpu.py` on the CPU and anywhere without Triton, `triton.py` on CUDA). Each holds the plain form and
+the linear one, which computes both heads chunk by chunk.
 """

@@ -20,7 +20,18 @@ from softxent._torch import backend as _backend
 from softxent._torch.matmul import addmm_float32_
 from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype
-from softxent.ops.distillation.torch_cpu import distill_rows
+from softxent.ops.distillation import torch_cpu
+
+
+def distill_rows(student, teacher, kept, divergence, beta, temperature, *, row_scale=None, grad_out=None):
+    """The row kernel for these logits: Triton's on CUDA (same dtype for both models), the torch one elsewhere."""
+    if _backend.uses_triton(student) and _backend.uses_triton(teacher):
+        from softxent.ops.distillation import triton as kernels
+
+        return kernels.distill_rows(student, teacher, kept, divergence, beta, temperature, row_scale=row_scale,
+                                    grad_out=grad_out)
+    return torch_cpu.distill_rows(student, teacher, kept, divergence, beta, temperature, row_scale=row_scale,
+                                  grad_out=grad_out)
 from softxent.ops.linear_cross_entropy.torch import choose_chunk_size
 
 
