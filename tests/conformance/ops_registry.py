@@ -20,7 +20,10 @@ from typing import Callable
 
 import numpy as np
 
-LAYERS = ("numpy", "torch", "triton", "dist1", "dist2")
+# torch-fused: softxent.torch's cross_entropy with its small-problem paths off, so that the fused CPU
+# kernel (which large problems run) takes the same small cases
+LAYERS = ("numpy", "torch", "torch-fused", "triton", "dist1", "dist2")
+FUSED_OPS = ("cross_entropy",)
 WORLD = {"dist1": 1, "dist2": 2}
 # options the vocab-parallel losses take (no softcap, temperature: see their signatures)
 DISTRIBUTED_OPTIONS = {"weight", "ignore_index", "reduction", "label_smoothing", "z_loss", "chunk_size"}
@@ -73,6 +76,8 @@ def supports(case: Case, layer: str) -> bool:
     op = OPS[case.op]
     if layer == "triton":
         return case.dtype in ("float32", "float16", "bfloat16")
+    if layer == "torch-fused":
+        return case.op in FUSED_OPS and "torch" in case.layers
     if layer in WORLD:
         options = case.options
         return (op.distributed is not None and set(options) <= DISTRIBUTED_OPTIONS

@@ -24,6 +24,7 @@ into a failure the moment the bug is fixed, and whoever fixes it removes the ent
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -70,6 +71,19 @@ def _triton_ready() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _small_paths(on: bool):
+    """softxent.torch.cross_entropy's small-problem paths on (as shipped) or off (every call fused)."""
+    import softxent.ops.cross_entropy.torch as ce
+
+    saved = ce.SMALL_MAX_ELEMENTS
+    ce.SMALL_MAX_ELEMENTS = saved if on else -1
+    try:
+        yield
+    finally:
+        ce.SMALL_MAX_ELEMENTS = saved
+
+
 def _run_local(case, layer):
     """("ok", result dict) or ("error", type name, message) for a single-process layer."""
     op = OPS[case.op]
@@ -78,7 +92,8 @@ def _run_local(case, layer):
             return "ok", op.numpy(case)
         from softxent._torch.backend import forced
 
-        with forced("torch" if layer == "torch" else "triton"), warnings.catch_warnings():
+        with forced("triton" if layer == "triton" else "torch"), _small_paths(layer != "torch-fused"), \
+                warnings.catch_warnings():
             if layer == "triton":  # the interpreter evaluates both sides of tl.where: inf - inf it then drops
                 warnings.simplefilter("ignore", RuntimeWarning)
             return "ok", op.torch(case)
