@@ -189,6 +189,28 @@ CASES.update({
     "linear_cross_entropy-chunk_size-float": Case(_lce(chunk_size=2.0), TypeError, "chunk_size"),
 })
 
+# --- token log-probs and distillation: the same checks, the same messages ------------------------------------
+CASES.update({
+    "token_log_probs-target-out-of-range": Case(lambda: sx.token_log_probs(X, np.array([4, 0])), ValueError,
+                                                "target", ("4", "(0,)")),
+    "token_log_probs-temperature-zero": Case(lambda: sx.token_log_probs(X, LABELS, temperature=0), ValueError,
+                                             "temperature"),
+    "token_log_probs-target-float": Case(lambda: sx.token_log_probs(X, np.array([1.0, 0.0])), TypeError, "target"),
+    "linear_token_log_probs-target-out-of-range": Case(
+        lambda: sx.linear_token_log_probs(XL, WL, np.array([0, 1, 2, 3, 9])), ValueError, "target", ("9", "(4,)")),
+    "linear_token_log_probs-chunk_size-zero": Case(lambda: sx.linear_token_log_probs(XL, WL, TL, chunk_size=0),
+                                                   ValueError, "chunk_size"),
+    "distillation_loss-divergence-unknown": Case(lambda: sx.distillation_loss(X, X, divergence="js"), ValueError,
+                                                 "divergence", ("'js'",)),
+    "distillation_loss-beta-out-of-range": Case(lambda: sx.distillation_loss(X, X, divergence="jsd", beta=2.0),
+                                                ValueError, "beta"),
+    "distillation_loss-teacher-shape": Case(lambda: sx.distillation_loss(X, X[:, :3]), ValueError, "teacher_logits"),
+    "linear_distillation_loss-chunk_size-zero": Case(
+        lambda: sx.linear_distillation_loss(XL, WL, XL, WL, chunk_size=0), ValueError, "chunk_size"),
+    "linear_distillation_loss-divergence-unknown": Case(
+        lambda: sx.linear_distillation_loss(XL, WL, XL, WL, divergence="x"), ValueError, "divergence"),
+})
+
 # --- axes: out of range, repeated, wrong type -----------------------------------------------------------
 axis_takers = {
     "softmax": lambda a: sx.softmax(X, axis=a), "log_softmax": lambda a: sx.log_softmax(X, axis=a),
