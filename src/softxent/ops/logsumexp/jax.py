@@ -157,8 +157,8 @@ def shifted_exp(z: jax.Array, center: jax.Array, temperature: float = 1.0):
 def exp_sums(raw, cap, center, temperature: float = 1.0):
     """(below, ties): the sum of e below 1 and the number of entries at the max (e == 1).
 
-    Two plain sums of one row each, kept in separate loops (``lax.optimization_barrier``): XLA fuses
-    sibling reductions into one multi-output loop, which its CPU backend runs 4x slower. e - floor(e)
+    Two plain sums of one row each, kept in separate loops: XLA fuses sibling reductions into one
+    multi-output loop, which its CPU backend runs 4x slower. e - floor(e)
     is e below the max and 0 at it (e <= 1): the max's 1s stay out of the sum without a select. Both
     start from the raw rows (`raw`, capped by `cap`, see `limit_rows`): anything computed before the
     barrier would be written out as an (N, V) array. The count uses exp of the rounded gap: it is 1
@@ -166,9 +166,15 @@ def exp_sums(raw, cap, center, temperature: float = 1.0):
     """
     e = shifted_exp(jnp.minimum(raw, cap[..., None]), center, temperature)[3]
     below = jnp.sum(e - jnp.floor(e), axis=-1)
-    raw2, cap2, center2 = lax.optimization_barrier((raw, cap, center))
-    gap = jnp.maximum(jnp.minimum(raw2, cap2[..., None]) - center2[..., None], -_clamp(raw.dtype) * temperature)
-    ties = jnp.sum(jnp.floor(jnp.exp(gap / temperature if temperature != 1.0 else gap)), axis=-1)
+    # the count over a (..., V / k, k) view of the rows, reduced over both axes: XLA then does not fuse
+    # it with `below` into one multi-output loop (whose operands its CPU backend writes out as (N, V));
+    # k, the largest power of two up to 128 dividing V, keeps the inner loop vectorised
+    v = raw.shape[-1]
+    k = next(k for k in (128, 64, 32, 16, 8, 4, 2, 1) if v % k == 0)
+    raw2 = raw.reshape(raw.shape[:-1] + (v // k, k))
+    cap2, center2 = cap[..., None, None], center[..., None, None]
+    gap = jnp.maximum(jnp.minimum(raw2, cap2) - center2, -_clamp(raw.dtype) * temperature)
+    ties = jnp.sum(jnp.floor(jnp.exp(gap / temperature if temperature != 1.0 else gap)), axis=(-2, -1))
     return below, ties
 
 
