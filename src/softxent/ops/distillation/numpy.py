@@ -10,7 +10,7 @@ from softxent import _validation as v
 from softxent._arrays import Rows, as_float_array, block_rows, blocks, xp
 from softxent._options import LossOptions
 from softxent.ops.cross_entropy import spec
-from softxent.ops.linear_cross_entropy.numpy import _Accumulator, _CHUNK_ELEMENTS, _checked_layer
+from softxent.ops.linear_cross_entropy.numpy import LinearHead, _checked_layer
 from softxent.ops.logsumexp.numpy import shift_rows
 
 
@@ -217,45 +217,19 @@ def linear_distillation_loss(student_x: Any, student_w: Any, teacher_x: Any, tea
                          f"{tx.shape}")
     if sw.shape[0] != tw.shape[0]:
         raise ValueError(f"teacher_w must have the vocabulary of student_w, {sw.shape[0]} rows; got shape {tw.shape}")
-    num_classes = sw.shape[0]
+    student = LinearHead(sx_, sw, sb, chunk_size, want_grad=return_grad)
+    teacher = LinearHead(tx, tw, tb, student.chunk, want_grad=False)  # the same chunks of rows, no gradient
+    num_classes, num_rows = student.num_classes, student.num_rows
     batch_shape = sx_.shape[:-1]
-    compute = np.result_type(sx_, sw, np.float32)
-    s_rows = sx_.reshape(-1, sx_.shape[-1]).astype(compute, copy=False)
-    t_rows = tx.reshape(-1, tx.shape[-1]).astype(np.result_type(tx, tw, np.float32), copy=False)
-    num_rows = s_rows.shape[0]
     labels = checked_rows_target(target, batch_shape + (num_classes,), len(batch_shape), num_classes, ignore_index,
                                  "the logits student_x @ student_w.T")
     problem = DistillationProblem(divergence, beta, temperature, labels, num_rows, num_classes, reduction,
                                   ignore_index, num_items)
     scale = problem.grad_scale()
-    chunk = min(chunk_size or max(1, _CHUNK_ELEMENTS // max(1, num_classes)), max(1, num_rows))
-    s_buffer = np.empty((chunk, num_classes), dtype=compute)
-    t_buffer = np.empty((chunk, num_classes), dtype=t_rows.dtype)
     losses = np.zeros(num_rows)
-    weight = sw.astype(compute, copy=False)
-    if return_grad:
-        dx = np.empty_like(s_rows)
-        dw = np.zeros_like(weight)
-        dbias = None if sb is None else np.zeros(num_classes, dtype=compute)
-        accumulate = _Accumulator(dw, chunk)
-    for start in range(0, num_rows, chunk):
-        part = slice(start, min(start + chunk, num_rows))
-        n = part.stop - part.start
-        s_logits, t_logits = s_buffer[:n], t_buffer[:n]
-        np.matmul(s_rows[part], weight.T, out=s_logits)
-        np.matmul(t_rows[part], tw.astype(t_rows.dtype, copy=False).T, out=t_logits)
-        if sb is not None:
-            s_logits += sb
-        if tb is not None:
-            t_logits += tb
+    for (part, s_logits), (_, t_logits) in zip(student.chunks(), teacher.chunks()):
         losses[part] = problem.losses(s_logits, t_logits, s_logits if return_grad else None, scale, rows=part)
         if return_grad:
-            np.matmul(s_logits, weight, out=dx[part])
-            accumulate(s_logits, s_rows[part])
-            if dbias is not None:
-                dbias += s_logits.sum(axis=0)
-    loss = problem.reduce(losses, batch_shape, np.result_type(sx_, sw))
-    if not return_grad:
-        return loss
-    return loss, (dx.reshape(sx_.shape).astype(sx_.dtype, copy=False), dw.astype(sw.dtype, copy=False),
-                  None if dbias is None else dbias.astype(sb.dtype, copy=False))
+            student.fold(part, s_logits)
+    loss = problem.reduce(losses, batch_shape, student.dtype)
+    return (loss, student.gradients()) if return_grad else loss

@@ -81,47 +81,74 @@ def linear_cross_entropy(x: ArrayLike, w: ArrayLike, target: ArrayLike, *, bias:
                           z_loss=z_loss, softcap=softcap, temperature=temperature)
     chunk_size = v.check_chunk_size(chunk_size)
     x, w, bias = _checked_layer(x, w, bias)
-    num_classes, features = w.shape
-    compute = np.result_type(x, w, bias if bias is not None else x, np.float32)
-    rows = x.reshape(-1, features).astype(compute, copy=False)
-    weight_matrix = w.astype(compute, copy=False)
-    num_rows = rows.shape[0]
-
+    head = LinearHead(x, w, bias, chunk_size, want_grad=return_grad)
+    num_classes = head.num_classes
     logits_shape = x.shape[:-1] + (num_classes,)
     problem = CrossEntropyRows.build(logits_shape, num_classes, target, weight, options, x.ndim - 1,
                                      to_rows=lambda a: a.reshape(-1, num_classes), num_items=num_items)
     scale = problem.grad_scale()
-    chunk = chunk_size or max(1, _CHUNK_ELEMENTS // max(1, num_classes))
-    chunk = min(chunk, max(1, num_rows))
-
-    logits_buffer = np.empty((chunk, num_classes), dtype=compute)
-    losses = np.zeros(num_rows, dtype=np.float64)
-    if return_grad:
-        dx = np.empty_like(rows)
-        dw = np.zeros_like(weight_matrix)
-        dbias = None if bias is None else np.zeros(num_classes, dtype=compute)
-        accumulate = _Accumulator(dw, chunk)
-    for start in range(0, num_rows, chunk):
-        part = slice(start, min(start + chunk, num_rows))
-        inputs = rows[part]
-        logits = logits_buffer[: part.stop - part.start]
-        np.matmul(inputs, weight_matrix.T, out=logits)
-        if bias is not None:
-            logits += bias
+    losses = np.zeros(head.num_rows, dtype=np.float64)
+    for part, logits in head.chunks():
         # the kernel overwrites the chunk's logits with d(loss)/d(logits)
         losses[part] = problem.losses(logits, logits if return_grad else None, scale, rows=part)
         if return_grad:
-            np.matmul(logits, weight_matrix, out=dx[part])
-            accumulate(logits, inputs)
-            if dbias is not None:
-                dbias += logits.sum(axis=0)
+            head.fold(part, logits)
+    loss = problem.reduce(losses, x.shape[:-1], head.dtype)
+    return (loss, head.gradients()) if return_grad else loss
 
-    loss = problem.reduce(losses, x.shape[:-1], np.result_type(x, w, bias if bias is not None else x))
-    if not return_grad:
-        return loss
-    grads = (dx.reshape(x.shape).astype(x.dtype, copy=False), dw.astype(w.dtype, copy=False),
-             None if dbias is None else dbias.astype(bias.dtype, copy=False))
-    return loss, grads
+
+class LinearHead:
+    """A linear layer ``x @ w.T + bias`` a chunk of rows at a time, for the linear form of every loss.
+
+    Cross-entropy, token log-probs and distillation compute each chunk's logits here (`chunks`), let
+    their row kernel turn them into d(loss)/d(logits) in place, and fold that into the layer's gradients
+    here (`fold`): the memory beyond inputs and gradients is one chunk of logits. x, w and bias are
+    checked by the caller (`_checked_layer`).
+    """
+
+    def __init__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, chunk_size: int | None, *,
+                 want_grad: bool):
+        self.x, self.w, self.bias = x, w, bias
+        self.num_classes, features = w.shape
+        compute = np.result_type(x, w, bias if bias is not None else x, np.float32)
+        self.rows = x.reshape(-1, features).astype(compute, copy=False)
+        self.weight = w.astype(compute, copy=False)
+        self.num_rows = self.rows.shape[0]
+        self.chunk = min(chunk_size or max(1, _CHUNK_ELEMENTS // max(1, self.num_classes)), max(1, self.num_rows))
+        self._buffer = np.empty((self.chunk, self.num_classes), dtype=compute)
+        self.dx = self.dw = self.dbias = None
+        if want_grad:
+            self.dx = np.empty_like(self.rows)
+            self.dw = np.zeros_like(self.weight)
+            self.dbias = None if bias is None else np.zeros(self.num_classes, dtype=compute)
+            self._accumulate = _Accumulator(self.dw, self.chunk)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of the layer's outputs: x's, w's and bias's result type."""
+        return np.result_type(self.x, self.w, self.bias if self.bias is not None else self.x)
+
+    def chunks(self):
+        """(rows, logits) per chunk of rows; the logits live in one reused buffer: use them before the next."""
+        for start in range(0, self.num_rows, self.chunk):
+            part = slice(start, min(start + self.chunk, self.num_rows))
+            logits = self._buffer[: part.stop - part.start]
+            np.matmul(self.rows[part], self.weight.T, out=logits)
+            if self.bias is not None:
+                logits += self.bias
+            yield part, logits
+
+    def fold(self, part: slice, dlogits: np.ndarray) -> None:
+        """A chunk's d(loss)/d(logits) into dx = dlogits w, dw += dlogits^T x and dbias += sum dlogits."""
+        np.matmul(dlogits, self.weight, out=self.dx[part])
+        self._accumulate(dlogits, self.rows[part])
+        if self.dbias is not None:
+            self.dbias += dlogits.sum(axis=0)
+
+    def gradients(self) -> tuple:
+        """(dx, dw, dbias) in the shapes and dtypes of x, w and bias (dbias None without a bias)."""
+        return (self.dx.reshape(self.x.shape).astype(self.x.dtype, copy=False), self.dw.astype(self.w.dtype, copy=False),
+                None if self.dbias is None else self.dbias.astype(self.bias.dtype, copy=False))
 
 
 class _Accumulator:

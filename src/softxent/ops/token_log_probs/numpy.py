@@ -10,7 +10,7 @@ from softxent import _validation as v
 from softxent._arrays import Rows, as_float_array, block_rows, blocks, xp
 from softxent._options import LossOptions
 from softxent.ops.cross_entropy import spec
-from softxent.ops.linear_cross_entropy.numpy import _Accumulator, _CHUNK_ELEMENTS, _checked_layer
+from softxent.ops.linear_cross_entropy.numpy import LinearHead, _checked_layer
 from softxent.ops.logsumexp.numpy import shift_rows
 
 
@@ -222,42 +222,22 @@ def linear_token_log_probs(x: Any, w: Any, target: Any, *, bias: Any = None, tem
     options = LossOptions(ignore_index=ignore_index, softcap=softcap, temperature=temperature)
     chunk_size = v.check_chunk_size(chunk_size)
     x, w, bias = _checked_layer(x, w, bias)
-    num_classes, features = w.shape
-    compute = np.result_type(x, w, bias if bias is not None else x, np.float32)
-    rows = x.reshape(-1, features).astype(compute, copy=False)
-    weight_matrix = w.astype(compute, copy=False)
-    num_rows = rows.shape[0]
+    head = LinearHead(x, w, bias, chunk_size, want_grad=return_grad)
+    num_classes = head.num_classes
     batch_shape = x.shape[:-1]
     labels = checked_labels(batch_shape + (num_classes,), num_classes, target, x.ndim - 1, options.ignore_index,
                             logits_name="the logits x @ w.T")
     upstream = _upstream(return_grad, return_entropy, labels.shape, batch_shape, grad_log_probs, grad_entropy)
-    chunk = min(chunk_size or max(1, _CHUNK_ELEMENTS // max(1, num_classes)), max(1, num_rows))
-    buffer = np.empty((chunk, num_classes), dtype=compute)
-    lp, h = np.zeros(num_rows), np.zeros(num_rows)
-    if return_grad:
-        dx = np.empty_like(rows)
-        dw = np.zeros_like(weight_matrix)
-        dbias = None if bias is None else np.zeros(num_classes, dtype=compute)
-        accumulate = _Accumulator(dw, chunk)
-    for start in range(0, num_rows, chunk):
-        part = slice(start, min(start + chunk, num_rows))
-        logits = buffer[: part.stop - part.start]
-        np.matmul(rows[part], weight_matrix.T, out=logits)
-        if bias is not None:
-            logits += bias
+    lp, h = np.zeros(head.num_rows), np.zeros(head.num_rows)
+    for part, logits in head.chunks():
         # with return_grad the chunk's logits become d(outputs)/d(logits) in place
         lp[part], h[part] = token_rows(logits, labels[part], options, grad_out=logits if return_grad else None,
                                        upstream=None if upstream is None else (upstream[0][part], upstream[1][part]))
         if return_grad:
-            np.matmul(logits, weight_matrix, out=dx[part])
-            accumulate(logits, rows[part])
-            if dbias is not None:
-                dbias += logits.sum(axis=0)
-    dtype = np.result_type(x, w, bias if bias is not None else x)
-    out = [lp.reshape(batch_shape).astype(dtype)]
+            head.fold(part, logits)
+    out = [lp.reshape(batch_shape).astype(head.dtype)]
     if return_entropy:
-        out.append(h.reshape(batch_shape).astype(dtype))
+        out.append(h.reshape(batch_shape).astype(head.dtype))
     if return_grad:
-        out.append((dx.reshape(x.shape).astype(x.dtype, copy=False), dw.astype(w.dtype, copy=False),
-                    None if dbias is None else dbias.astype(bias.dtype, copy=False)))
+        out.append(head.gradients())
     return out[0] if len(out) == 1 else tuple(out)
