@@ -147,8 +147,9 @@ class LinearHead:
 
     def gradients(self) -> tuple:
         """(dx, dw, dbias) in the shapes and dtypes of x, w and bias (dbias None without a bias)."""
-        return (self.dx.reshape(self.x.shape).astype(self.x.dtype, copy=False), self.dw.astype(self.w.dtype, copy=False),
-                None if self.dbias is None else self.dbias.astype(self.bias.dtype, copy=False))
+        dx = self.dx.reshape(self.x.shape).astype(self.x.dtype, copy=False)
+        dbias = None if self.dbias is None else self.dbias.astype(self.bias.dtype, copy=False)
+        return dx, self.dw.astype(self.w.dtype, copy=False), dbias
 
 
 class _Accumulator:
