@@ -2,7 +2,7 @@
 
 The shared checks (softxent._validation, the ops' spec) read ``array.dtype.kind``; ml_dtypes' bfloat16
 reports kind "V", so the checks here look at the dtype through `kind_view`, a shape-and-dtype stand-in
-whose 16-bit floats read as float32 (what they are accumulated in anyway, API rule 8).
+whose 16-bit floats read as float32 (what they are accumulated in anyway, rule 8 of docs/semantics.md).
 """
 
 from __future__ import annotations

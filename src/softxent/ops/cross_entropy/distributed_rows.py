@@ -24,7 +24,7 @@ the largest m_r, r* the first rank holding it and delta_r = M - m_r >= 0,
 
 a sum of terms >= 0, so nothing cancels, and log1p(S) stays exact when one class dominates (Blanchard,
 Higham & Higham 2021). The backward needs only lse and A per row: softmax(z)_j = exp(z_j - lse) is
-local. Limits follow API.md: a row whose logits are all -inf on every rank contributes 0 and a zero
+local. Limits follow docs/semantics.md: a row whose logits are all -inf on every rank contributes 0 and a zero
 gradient (and is counted by "mean"); +inf logits share the mass equally; NaN propagates.
 """
 
@@ -44,7 +44,7 @@ _INF = float("inf")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float16/bfloat16 are accumulated in float32 (API rule 8); float32 and float64 as they are."""
+    """float16/bfloat16 are accumulated in float32 (rule 8 of docs/semantics.md); float32 and float64 as they are."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 

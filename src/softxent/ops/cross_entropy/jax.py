@@ -227,7 +227,7 @@ def checked_problem(logits_shape, num_classes, target, weight, num_items, option
 
 
 def check_values(kind, target, weight, num_classes, ignore_index):
-    """API rule 7's value checks through the spec, eagerly (raises ValueError)."""
+    """rule 7 of docs/semantics.md's value checks through the spec, eagerly (raises ValueError)."""
     if kind == spec.INDEX:
         spec.check_labels(jnp, target, num_classes, ignore_index)
     else:
@@ -238,7 +238,7 @@ def check_values(kind, target, weight, num_classes, ignore_index):
 
 
 def check_inputs(logits: Any, target: Any, *, axis: int = -1, weight: Any = None, ignore_index: int = -100) -> None:
-    """Run the value checks that `cross_entropy` cannot raise under jit (API rule 7).
+    """Run the value checks that `cross_entropy` cannot raise under jit (rule 7 of docs/semantics.md).
 
     Eagerly (concrete arrays) this raises the ValueError every layer raises: the first class index
     outside [0, C) other than `ignore_index` with its position, the first negative or NaN probability,
@@ -309,8 +309,8 @@ def cross_entropy(logits: Any, target: Any, *, axis: int = -1, weight: Any = Non
 
     with a = onehot(t) for class index t (smoothed: ``(1 - eps) w_t onehot(t) + (eps / C) w``) or the
     probabilities p (``((1 - eps) p + eps / C) w``). Computed as ``(m - z_t) + log1p(sum_{j != argmax}
-    exp(z_j - m))``, exact in float32 without x64 (API rule 11). The options are the other layers'
-    (API rules 5-7, the rules themselves in ``softxent.ops.cross_entropy.spec``): `weight`, `ignore_index`,
+    exp(z_j - m))``, exact in float32 without x64 (rule 11 of docs/semantics.md). The options are the other layers'
+    (rules 5-7 of docs/semantics.md, the rules themselves in ``softxent.ops.cross_entropy.spec``): `weight`, `ignore_index`,
     `label_smoothing`, `z_loss` (PaLM), `softcap` (Gemma 2, applied first), `temperature` (after the
     max shift), `num_items` (the global count that ``"mean"`` divides by), and `where`, a class mask:
     False entries leave the softmax as -inf logits do, with gradient 0 there and a fully masked row

@@ -249,7 +249,7 @@ DIVERGENCES = ("kl", "reverse_kl", "jsd")
 
 
 def check_divergence(divergence: Any, beta: Any) -> tuple[str, float]:
-    """("kl" | "reverse_kl" | "jsd", beta in [0, 1]); the messages name the argument (API rule 10)."""
+    """("kl" | "reverse_kl" | "jsd", beta in [0, 1]); the messages name the argument (rule 10 of docs/semantics.md)."""
     if not isinstance(divergence, str) or divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {', '.join(map(repr, DIVERGENCES))}; got {divergence!r}")
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real):

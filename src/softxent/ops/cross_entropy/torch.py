@@ -3,7 +3,7 @@
 Layers, top to bottom: `cross_entropy` / `CrossEntropyLoss` (validation, torch's autocast policy, the
 path) -> `_CrossEntropyFunction` (autograd: setup_context, a generated vmap rule, a differentiable
 backward for double backward) -> `cross_entropy_forward` / `cross_entropy_backward` -> one of three paths,
-chosen by size and context, with the same results (API rule 11 on each):
+chosen by size and context, with the same results (rule 11 of docs/semantics.md on each):
 
 - lean (eager, at most `SMALL_MAX_ELEMENTS` logits, class indices all kept, at most class weights): about
   twenty aten calls in float64 on the calling thread, the reduction included (`_lean`);
@@ -61,10 +61,10 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     and jacrev, autocast (16-bit inputs run in float32 and the loss is float32, as torch's),
     torch.compile with static or dynamic shapes and fullgraph=True. Small problems (up to
     `SMALL_MAX_ELEMENTS` logits) take a path of a few aten calls in float64 on the calling thread,
-    larger ones the fused chunked kernel; both meet API rule 11. The function holds the logits until
+    larger ones the fused chunked kernel; both meet rule 11 of docs/semantics.md. The function holds the logits until
     the backward (as torch holds its log_softmax), for a second or double backward.
 
-    Where softxent decides differently from PyTorch (shared/API.md): a fully masked row (all logits
+    Where softxent decides differently from PyTorch (docs/semantics.md): a fully masked row (all logits
     -inf) gives 0 loss and 0 gradient but is counted in ``"mean"`` (PyTorch: NaN); with every row
     ignored ``"mean"`` gives 0 and a zero gradient (PyTorch: NaN); class indices outside [0, C) other
     than `ignore_index` raise ValueError naming the first one and its position, as do negative or NaN
@@ -552,7 +552,7 @@ def _composite(input, target, options: LossOptions, grad_scale, call: _Call, wor
         grad = s (F p_j - a_j),  target entry s (-a_t R + (F - a_t) p_t - u w_t),  F = A + 2 zl lse
 
     so neither the loss of a dominant target (-log p_t for p_t near 1) nor its gradient p_t - 1 is a
-    cancellation (API rule 11). Eager, one number read at the end tells whether a row was fully masked,
+    cancellation (rule 11 of docs/semantics.md). Eager, one number read at the end tells whether a row was fully masked,
     +inf or NaN; such a call is done again branch-free (`robust`), as it always is under torch.func.
     """
     if input.dim() == 1:
@@ -727,7 +727,7 @@ def _transformed(input: torch.Tensor, options: LossOptions) -> tuple[torch.Tenso
 
 
 def _probabilities(z: torch.Tensor, dim: int) -> torch.Tensor:
-    """softmax(z) with API rules 2 and 3: 0 for fully masked rows, +inf entries share the mass."""
+    """softmax(z) with rules 2 and 3 of docs/semantics.md: 0 for fully masked rows, +inf entries share the mass."""
     from softxent.ops.softmax.torch import probabilities
 
     return probabilities(z, dim)

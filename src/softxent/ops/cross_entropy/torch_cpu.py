@@ -43,7 +43,7 @@ _LOG2E = 1.0 / math.log(2.0)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; float32, float16 and bfloat16 are accumulated in float32 (API rule 8)."""
+    """float64 stays float64; float32, float16 and bfloat16 are accumulated in float32 (rule 8 of docs/semantics.md)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -267,7 +267,7 @@ class _Kernel:
 
         A fully masked row keeps shift 0 so that e = 0 and L = -inf, never -inf - -inf = NaN; a row
         holding +inf gets d = 0 at its +inf entries and -inf elsewhere, so they share the mass equally
-        (API rules 2 and 3). A NaN row keeps shift 0 and stays NaN.
+        (rules 2 and 3 of docs/semantics.md). A NaN row keeps shift 0 and stays NaN.
         """
         positive = shift == float("inf")
         infinite.copy_(positive)
@@ -312,7 +312,7 @@ class _Kernel:
 def _weighted_row_sums(shifted: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     """sum_j weight_j d_j per row (weight a vector, a matrix of rows or None), with 0 * -inf = 0.
 
-    A -inf logit on a class of weight 0 contributes 0 (API rule 4); NaN logits stay NaN.
+    A -inf logit on a class of weight 0 contributes 0 (rule 4 of docs/semantics.md); NaN logits stay NaN.
     """
     if weight is None:
         return shifted.sum(dim=1, keepdim=True)

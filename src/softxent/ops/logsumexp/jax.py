@@ -24,7 +24,7 @@ times slower), no select inside a reduction (gaps are clamped instead), sibling 
 (a multi-output loop runs 4x slower), and the entries recomputed inside each consumer's loop rather
 than written out as (N, V) arrays.
 
-The limits of API.md rules 2 and 3 are handled once, here: a fully masked row keeps shift 0, so
+The limits of rules 2 and 3 of docs/semantics.md are handled once, here: a fully masked row keeps shift 0, so
 e = 0 and L = -inf; a row holding +inf is shifted by the largest float with its +inf entries capped
 there (`limit_rows`), so those entries share the mass equally and lse = +inf. NaN propagates.
 
@@ -213,7 +213,7 @@ def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, where: Any = None) -> ja
     the max's own term (exactly 1) stays out of the sum, so log1p keeps the result exact in float32
     without x64 (the row kernel: this module's docstring). Differentiable by ``jax.custom_vjp``: the
     gradient is ``softmax(x)`` (``b_j e^{x_j} / sum``), computed in the forward sweep. Works under jit,
-    grad, vmap and shard_map; float16 and bfloat16 are accumulated in float32 (API rule 8).
+    grad, vmap and shard_map; float16 and bfloat16 are accumulated in float32 (rule 8 of docs/semantics.md).
 
     Args:
         x: real array; integers are taken as the default float dtype.

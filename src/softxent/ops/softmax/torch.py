@@ -1,6 +1,6 @@
 """softmax and log_softmax for torch: F.softmax's signature, softxent's limits and exact values.
 
-The order of API.md: mask (`where`), then the max shift, then the temperature: d = (x - max x) / T, so
+The order of docs/semantics.md: mask (`where`), then the max shift, then the temperature: d = (x - max x) / T, so
 x / T never overflows (3e38 / 0.5 is inf; (3e38 - 3e38) / 0.5 is 0).
 
 On CUDA (float16, bfloat16, float32) the Triton kernels do the rows (they take T and apply it after the
@@ -44,7 +44,7 @@ def softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3, d
 
     A drop-in for ``torch.nn.functional.softmax`` (same positional order and defaults), computed as
     ``exp(d_j) / sum_k exp(d_k)`` with ``d = (x - max x) / T``, so nothing overflows, with the limits of
-    API.md: a fully masked row gives zeros and a zero gradient, +inf entries share the mass equally.
+    docs/semantics.md: a fully masked row gives zeros and a zero gradient, +inf entries share the mass equally.
 
     Args:
         input: floating tensor of any shape.

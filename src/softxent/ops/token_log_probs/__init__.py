@@ -15,7 +15,7 @@ gradient with respect to the scores is
     d/dz_j = g ([j = t] - p_j) + h p_j ((-d_j) - E)
 
 with the target's own entry g (1 - p_t) taken as ``-g expm1(log p_t)``: never 1 - p_t by
-cancellation when p_t is near 1 (API rule 11). Then the chain rule through the temperature (1 / T) and
+cancellation when p_t is near 1 (rule 11 of docs/semantics.md). Then the chain rule through the temperature (1 / T) and
 the soft cap (1 - tanh^2). Rows whose target is `ignore_index`, and fully masked rows (every logit
 -inf), give 0 and a zero gradient, as cross-entropy's (spec rule).
 

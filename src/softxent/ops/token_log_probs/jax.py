@@ -7,7 +7,7 @@ max) from the row kernel (ops/logsumexp/jax.py):
 
 each a sum of terms >= 0, so both stay exact where a confident policy has p_t near 1 and H near 0.
 Their derivatives in d are ``onehot(t) - p`` (at the max, ``1 - p_t`` as ``sum_{j != t} p_j``) and
-``-p_j (log p_j + H)``; softcap's and T's chain rule follow. The semantics are API.md's torch layer's:
+``-p_j (log p_j + H)``; softcap's and T's chain rule follow. The semantics are softxent.torch's:
 ignored rows (and fully masked rows) give 0 and a zero gradient; 16-bit inputs give float32.
 """
 
@@ -87,7 +87,7 @@ def token_grad_columns(e, d_c, d_lo, columns, rows: TokenRows, g_lp, g_h, t, opt
 
 
 def _out_dtype(dtype):
-    """float32 for 16-bit inputs (API.md), else the input's dtype."""
+    """float32 for 16-bit inputs (docs/semantics.md), else the input's dtype."""
     return jnp.float64 if dtype == jnp.float64 else jnp.float32
 
 

@@ -23,7 +23,7 @@ def token_log_probs(logits: Any, target: Any, *, axis: int = -1, temperature: fl
 
     .. math::  \\log p_t = -((-d_t) + L), \\qquad H = L + \\sum_j p_j (-d_j)
 
-    each a sum of terms >= 0, so both stay exact (API rule 11) where a confident policy has p_t near 1
+    each a sum of terms >= 0, so both stay exact (rule 11 of docs/semantics.md) where a confident policy has p_t near 1
     and H near 0. Rows whose target is `ignore_index` and fully masked rows give 0 (and a zero
     gradient). This is ``-cross_entropy(logits, target, reduction="none")`` for the log-probabilities.
 

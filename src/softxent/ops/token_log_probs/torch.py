@@ -46,7 +46,7 @@ def token_log_probs(logits: torch.Tensor, target: torch.Tensor, *, temperature: 
 
     With z = softcap-then-temperature(logits), d = z - max z and L = log sum_j exp(d_j):
     ``log p_t = -((-d_t) + L)`` and ``H = L + sum_j p_j (-d_j)``, sums of terms >= 0, so both stay
-    exact where a confident policy has p_t near 1 and H near 0 (API rule 11). Differentiable, the
+    exact where a confident policy has p_t near 1 and H near 0 (rule 11 of docs/semantics.md). Differentiable, the
     entropy included (RL: the policy's log-probabilities and an entropy bonus); the backward rebuilds
     the softmax from three numbers per row kept by the forward, in one sweep.
 
