@@ -15,14 +15,17 @@ oracle (tests/conformance/oracle.py).
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Callable
 
+import jax_layer
 import numpy as np
 
 # torch-fused: softxent.torch's cross_entropy with its small-problem paths off, so that the fused CPU
 # kernel (which large problems run) takes the same small cases
-LAYERS = ("numpy", "torch", "torch-fused", "triton", "dist1", "dist2")
+# jax: softxent.jax (jax_layer.py), when jax is installed
+LAYERS = ("numpy", "torch", "torch-fused", "triton", "jax", "dist1", "dist2")
 FUSED_OPS = ("cross_entropy",)
 WORLD = {"dist1": 1, "dist2": 2}
 # options the vocab-parallel losses take (no softcap, temperature: see their signatures)
@@ -56,6 +59,7 @@ class Op:
     torch: Callable[[Case], dict]
     exact: Callable[[Case], dict]  # name -> oracle.Exact
     distributed: Callable[[Case, int, int], dict] | None = None
+    jax: Callable[[Case], dict] | None = None
     merge: dict = field(default_factory=lambda: {"value": "same", "d_x": "concat"})
     vocab_axis: dict = field(default_factory=lambda: {"d_x": -1})  # the class axis of each "concat" array
 
@@ -78,6 +82,11 @@ def supports(case: Case, layer: str) -> bool:
         return case.dtype in ("float32", "float16", "bfloat16")
     if layer == "torch-fused":
         return case.op in FUSED_OPS and "torch" in case.layers
+    if layer == "jax":
+        # float64 runs under jax.enable_x64, a recompile per case: there only the exactness and error cases
+        # (the option grid runs in float32), to keep the suite within CI's budget
+        light = case.dtype != "float64" or case.check == "ulp" or case.error is not None
+        return op.jax is not None and "torch" in case.layers and light and importlib.util.find_spec("jax") is not None
     if layer in WORLD:
         options = case.options
         return (op.distributed is not None and set(options) <= DISTRIBUTED_OPTIONS
@@ -165,7 +174,8 @@ def _softmax_exact(name):
 
 
 for _name in ("softmax", "log_softmax", "logsumexp"):
-    register(Op(_name, numpy=_softmax_numpy(_name), torch=_softmax_torch(_name), exact=_softmax_exact(_name)))
+    register(Op(_name, numpy=_softmax_numpy(_name), torch=_softmax_torch(_name), exact=_softmax_exact(_name),
+                jax=jax_layer.run(_name)))
 
 
 # --- cross_entropy ----------------------------------------------------------------------------------------------
@@ -212,7 +222,8 @@ def _ce_exact(case: Case) -> dict:
     return cross_entropy_family(a["x"], a["target"], a["upstream"], weight=a.get("weight"), **case.options)
 
 
-register(Op("cross_entropy", numpy=_ce_numpy, torch=_ce_torch, exact=_ce_exact, distributed=_ce_distributed))
+register(Op("cross_entropy", numpy=_ce_numpy, torch=_ce_torch, exact=_ce_exact, distributed=_ce_distributed,
+            jax=jax_layer.run("cross_entropy")))
 
 
 # --- linear_cross_entropy ----------------------------------------------------------------------------------------
@@ -284,6 +295,7 @@ def _linear_exact(case: Case) -> dict:
 
 
 register(Op("linear_cross_entropy", numpy=_linear_numpy, torch=_linear_torch, exact=_linear_exact,
+            jax=jax_layer.run("linear_cross_entropy"),
             distributed=_linear_distributed,
             merge={"value": "same", "d_x": "same", "d_w": "concat", "d_b": "concat"},
             vocab_axis={"d_w": 0, "d_b": 0}))

@@ -1,14 +1,10 @@
-"""The JAX layer in the conformance suite's format (tests/conformance/ops_registry.py), ready to plug in.
+"""The JAX layer in the conformance suite's format (tests/conformance/ops_registry.py).
 
 `run(op_name)` returns the callable the registry's `Op` takes per layer: `Case -> dict` of float64 NumPy
 arrays, "value" and the gradients "d_x", "d_w", "d_b" of ``upstream . value`` (the vector-Jacobian
 product with the case's upstream gradient, through ``jax.vjp``). float64 cases run under
 ``jax.enable_x64``; 16-bit cases keep their dtype. Bad inputs raise the layer's own ValueError /
 TypeError, which the suite compares with the NumPy layer's.
-
-To plug it in (the suite's owner): add "jax" to LAYERS, a ``jax`` field to `Op` filled with
-``run(name)`` for softmax, log_softmax, logsumexp, cross_entropy and linear_cross_entropy, and in
-test_conformance._run_local ``if layer == "jax": return "ok", op.jax(case)`` before the torch branch.
 """
 
 from __future__ import annotations
