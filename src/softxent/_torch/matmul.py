@@ -35,3 +35,20 @@ def addmm_float32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slice_ro
 def has_float32_addmm(device_type: str) -> bool | None:
     """Whether the one-GEMM path ran on this device type (None: not tried yet)."""
     return _FP32_ADDMM.get(device_type)
+
+
+def fold_chunk(dlogits: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dx: torch.Tensor | None,
+               dw: torch.Tensor | None, db: torch.Tensor | None, *, wide: bool, slice_rows: int,
+               acc: torch.dtype) -> None:
+    """A chunk's d(loss)/d(logits) into a linear head's gradients, for the linear form of every loss:
+    dx = dlogits W (dx: the chunk's rows), dw += dlogits^T x (in float32 from 16-bit factors when `wide`),
+    db += the column sums of dlogits (in `acc`). A None gradient is not wanted."""
+    if dx is not None:
+        torch.mm(dlogits, weight, out=dx)
+    if dw is not None:
+        if wide:  # 16-bit: the chunk's product accumulated in float32
+            addmm_float32_(dw, dlogits.t(), x, slice_rows)
+        else:
+            dw.addmm_(dlogits.t(), x)
+    if db is not None:
+        db += dlogits.sum(dim=0, dtype=acc)

@@ -17,7 +17,7 @@ import torch
 from softxent import _validation as v
 from softxent._options import LossOptions
 from softxent._torch import backend as _backend
-from softxent._torch.matmul import addmm_float32_
+from softxent._torch.matmul import fold_chunk
 from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype
 from softxent.ops.distillation import torch_cpu
@@ -313,15 +313,8 @@ def _linear_sweep(sx, sw, sb, tx, tw, tb, kept, plan: _LinearPlan, row_scale, ne
                                      problem.temperature, row_scale=scale, grad_out=s_logits if want else None)
         if not want:
             continue
-        if dx is not None:
-            torch.mm(s_logits, sw, out=dx[lo:hi])
-        if dw is not None:
-            if wide:
-                addmm_float32_(dw, s_logits.t(), sx[lo:hi], slice_rows)
-            else:
-                dw.addmm_(s_logits.t(), sx[lo:hi])
-        if db is not None:
-            db += s_logits.sum(dim=0, dtype=acc)
+        fold_chunk(s_logits, sx[lo:hi], sw, None if dx is None else dx[lo:hi], dw, db, wide=wide,
+                   slice_rows=slice_rows, acc=acc)
     grads = (dx, None if dw is None else dw.to(sw.dtype), None if db is None else db.to(sb.dtype))
     return losses, grads
 

@@ -17,7 +17,7 @@ from softxent import _validation as v
 from softxent._options import LossOptions
 from softxent._torch import backend as _backend
 from softxent._torch import checks as _checks
-from softxent._torch.matmul import addmm_float32_
+from softxent._torch.matmul import fold_chunk
 from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype
 from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.torch import denominator, xp
@@ -362,15 +362,8 @@ def _chunked(input, linear_weight, linear_bias, target, weight, options: LossOpt
         if row_grad is not None:  # reduction "none" in the backward: each row's upstream gradient
             logits.mul_(row_grad[lo:hi].to(dtype).unsqueeze(1))
         # 3. fold the chunk into the gradients: dx = dlogits W, dw += dlogits^T x, dbias += sum dlogits
-        if need_dx:
-            torch.mm(logits, linear_weight, out=dx[lo:hi])
-        if need_dw:
-            if wide:  # 16-bit: the chunk's product accumulated in float32
-                addmm_float32_(dw, logits.t(), x, slice_rows)
-            else:
-                dw.addmm_(logits.t(), x)
-        if need_dbias:
-            dbias += logits.sum(dim=0, dtype=acc)
+        fold_chunk(logits, x, linear_weight, dx[lo:hi] if need_dx else None, dw if need_dw else None,
+                   dbias if need_dbias else None, wide=wide, slice_rows=slice_rows, acc=acc)
     dx = dx.view(input.shape) if need_dx else dx
     dw = dw.to(linear_weight.dtype) if need_dw else dw
     dbias = dbias.to(linear_weight.dtype) if need_dbias else dbias

@@ -22,7 +22,7 @@ import torch
 from softxent import _validation as v
 from softxent._options import LossOptions
 from softxent._torch import backend as _backend
-from softxent._torch.matmul import addmm_float32_
+from softxent._torch.matmul import fold_chunk
 from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype
 from softxent.ops.linear_cross_entropy.torch import _check_arguments as _check_layer_arguments
@@ -271,14 +271,7 @@ class _LinearTokenLogProbs(torch.autograd.Function):
             # the chunk's logits become d(outputs)/d(logits) in place
             backward_rows(logits, labels[lo:hi], plan.options, lp[lo:hi], stats[lo:hi], g[lo:hi],
                           None if hg is None else hg[lo:hi], logits)
-            if dx is not None:
-                torch.mm(logits, weight, out=dx[lo:hi])
-            if dw is not None:
-                if wide:
-                    addmm_float32_(dw, logits.t(), x[lo:hi], slice_rows)
-                else:
-                    dw.addmm_(logits.t(), x[lo:hi])
-            if db is not None:
-                db += logits.sum(dim=0, dtype=acc)
+            fold_chunk(logits, x[lo:hi], weight, None if dx is None else dx[lo:hi], dw, db, wide=wide,
+                       slice_rows=slice_rows, acc=acc)
         return (None if dx is None else dx.view(input.shape), None if dw is None else dw.to(weight.dtype),
                 None if db is None else db.to(bias.dtype), None, None)
