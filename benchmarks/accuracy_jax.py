@@ -4,7 +4,7 @@ The same measurement as tests/jax/test_jax_exactness.py (mpmath at 50 digits; ls
 entry, the loss, the token log-prob, and the gradient entries), written to results/jax_accuracy.json
 with the largest error per quantity and per case.
 
-    python benchmarks/bench_jax_accuracy.py
+    python benchmarks/accuracy_jax.py
 """
 
 import json
