@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import UsageError
@@ -79,12 +80,22 @@ def run(args: argparse.Namespace) -> int:
     raw = args.out / f"raw-{args.device}"
     failures = []
     rows = []
+    # a smoke run's numbers are never quoted: its scripts run two at a time (one per core), their output
+    # shown as each finishes; a real run keeps the machine to one script, echoed as it goes
+    pool = ThreadPoolExecutor(max_workers=2) if args.quick else None
+    runs = {script: pool.submit(run_script, script, args.device, True, _fresh(raw / script.stem), None)
+            for script in scripts} if pool else {}
     for number, script in enumerate(scripts, start=1):
         console.print(f"[bold]\\[{number}/{len(scripts)}] {script.name}[/] --device {args.device}"
                       + (" --quick" if args.quick else ""))
         folder_out = raw / script.stem
-        _clear_results(folder_out)
-        code, seconds, tail = run_script(script, args.device, args.quick, folder_out, console)
+        if pool:
+            code, seconds, tail = runs[script].result()
+            for line in tail:
+                console.print(f"  [dim]{_escape(line)}[/]", highlight=False, soft_wrap=True)
+        else:
+            _clear_results(folder_out)
+            code, seconds, tail = run_script(script, args.device, args.quick, folder_out, console)
         if code != 0:
             failures.append(script.name)
             console.print(f"[red]{script.name} failed with exit status {code} after {seconds:.1f} s:[/]")
@@ -97,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"[red]{script.name} wrote no CSV to {folder_out}[/]")
         rows += found
 
+    if pool:
+        pool.shutdown()
     if rows:
         console.print()
         print_table(console, rows)
@@ -161,8 +174,14 @@ def _clear_results(folder: Path) -> None:
         old.unlink()
 
 
+def _fresh(folder: Path) -> Path:
+    _clear_results(folder)
+    return folder
+
+
 def run_script(script: Path, device: str, quick: bool, out: Path, console) -> tuple[int, float, list[str]]:
-    """Run one script in a subprocess, echoing its output dimmed; (exit status, seconds, last lines)."""
+    """Run one script in a subprocess, echoing its output dimmed (console None: silently); (exit status,
+    seconds, last lines)."""
     import softxent
 
     command = [sys.executable, "-u", str(script), "--device", device, "--out", str(out.resolve())]
@@ -178,7 +197,8 @@ def run_script(script: Path, device: str, quick: bool, out: Path, console) -> tu
         for line in child.stdout:
             line = line.rstrip("\n")
             tail.append(line)
-            console.print(f"  [dim]{_escape(line)}[/]", highlight=False, soft_wrap=True)
+            if console is not None:
+                console.print(f"  [dim]{_escape(line)}[/]", highlight=False, soft_wrap=True)
         code = child.wait()
     return code, time.perf_counter() - start, list(tail)
 
