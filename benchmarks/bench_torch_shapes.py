@@ -34,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
+QUICK_SHAPES = [("32x10", (32, 10)), ("256x1000", (256, 1000))]  # softxent bench --quick's smoke run
 # (name, input shape): classifiers (10 to 1000 classes), LLM vocabularies (32000, 128256), segmentation
 DEFAULT_SHAPES = [
     ("32x10", (32, 10)), ("128x100", (128, 100)), ("256x1000", (256, 1000)), ("1024x1000", (1024, 1000)),
@@ -181,9 +182,16 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out (even with --full)")
     parser.add_argument("--only", default="", help="comma-separated case names, e.g. 4096x128256,1024x128256")
     parser.add_argument("--tag", default="", help="suffix of the result files: torch_shapes-cpu<tag>.csv")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None, help="folder for the CSV (default results/, or "
+                        "results/quick/ with --quick)")
+    parser.add_argument("--quick", action="store_true", help="two small float32 shapes: softxent bench's smoke run")
+    parser.add_argument("--device", default="cpu", choices=("cpu",), help="the CPU (the GPU grid is bench_gpu_*.py)")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = RESULTS / "quick" if args.quick else RESULTS
     shapes = FULL_SHAPES if args.full else DEFAULT_SHAPES
+    if args.quick:
+        shapes, args.min_time = QUICK_SHAPES, min(args.min_time, 0.05)
     if args.only:
         wanted = set(args.only.split(","))
         shapes = [(name, shape) for name, shape in FULL_SHAPES if name in wanted]
@@ -194,7 +202,7 @@ def main() -> None:
         for size in shape:
             elements *= size
         for dtype_name in DTYPES:
-            if dtype_name != "float32" and name in FLOAT32_ONLY and not args.full:
+            if dtype_name != "float32" and (args.quick or (name in FLOAT32_ONLY and not args.full)):
                 continue
             itemsize = 2 if dtype_name == "bfloat16" else 4
             case_rows = _run_case(shape, dtype_name, compile_too, args.min_time, timeout=1800)
