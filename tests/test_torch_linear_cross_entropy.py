@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import softxent as sx
 import softxent.torch as sxt
 from softxent._options import LossOptions
 from softxent._torch import threads as _threads
 from compare import assert_close
+from memory import allocations
 
 lce = importlib.import_module("softxent.ops.linear_cross_entropy.torch")  # the package exports the function
 _backend = importlib.import_module("softxent._torch.backend")
@@ -137,20 +137,6 @@ def test_matches_numpy_layer(kind, reduction):
         assert_close(leaf.grad, ref, dtype="float64", what=name, scale=10.0)
 
 
-class _Allocations(TorchDispatchMode):
-    """Records the number of elements of every tensor an op returns (allocations, on any device)."""
-
-    def __init__(self):
-        super().__init__()
-        self.sizes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.sizes.append(t.numel())
-        return out
-
 
 def test_no_rows_by_vocabulary_allocation(monkeypatch):
     """No op returns N x V elements (nor half of that): the chunk of logits is the largest. The same mode
@@ -159,12 +145,12 @@ def test_no_rows_by_vocabulary_allocation(monkeypatch):
     rows, classes, features, chunk = 512, 1000, 16, 32
     x, w, b, t = _problem(torch.float32, (rows,), "index", True, 3, features=features, classes=classes)
     grad_scale = torch.tensor(1.0 / rows)
-    with _Allocations() as seen:
+    with allocations() as seen:
         options = LossOptions(label_smoothing=0.1, z_loss=1e-4)
         lce._chunked(x, w, b, t, None, options, grad_scale, None, True, True, True, chunk, True, True)
     assert max(seen.sizes) < rows * classes // 2
     assert chunk * classes in seen.sizes  # the chunk buffer itself
-    with _Allocations() as unfused:
+    with allocations() as unfused:
         _run(_unfused, x, w, b, t, 0)
     assert max(unfused.sizes) >= rows * classes
 

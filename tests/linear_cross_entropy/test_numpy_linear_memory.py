@@ -4,25 +4,11 @@ NumPy reports every array buffer to tracemalloc, so the peak of traced memory du
 what was allocated before it, is exactly the call's own footprint: outputs plus temporaries.
 """
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
 import softxent as sx
-
-
-def _peak_bytes(fn) -> int:
-    tracemalloc.start()
-    try:
-        before, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        result = fn()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    del result
-    return peak - before
+from memory import peak_bytes
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -36,7 +22,7 @@ def test_linear_cross_entropy_holds_at_most_chunk_size_rows_of_logits(dtype, chu
     target = rng.integers(0, classes, rows)
     itemsize = np.dtype(dtype).itemsize
 
-    peak = _peak_bytes(lambda: sx.linear_cross_entropy(x, w, target, bias=bias, chunk_size=chunk_size,
+    peak = peak_bytes(lambda: sx.linear_cross_entropy(x, w, target, bias=bias, chunk_size=chunk_size,
                                                        return_grad=True))
 
     outputs = (x.size + w.size + bias.size) * itemsize + rows * 8  # dx, dw, dbias, per-row losses
@@ -56,5 +42,5 @@ def test_unfused_reference_would_be_visible_to_this_measurement():
     x = rng.standard_normal((rows, features)).astype(np.float32)
     w = rng.standard_normal((classes, features)).astype(np.float32)
     target = rng.integers(0, classes, rows)
-    peak = _peak_bytes(lambda: sx.cross_entropy(x @ w.T, target, return_grad=True))
+    peak = peak_bytes(lambda: sx.cross_entropy(x @ w.T, target, return_grad=True))
     assert peak >= 2 * rows * classes * 4  # logits and their gradient

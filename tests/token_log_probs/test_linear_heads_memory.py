@@ -8,31 +8,17 @@ less what was allocated before it, is the call's own footprint: outputs plus at 
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import softxent as sx
 import softxent._torch.threads as threads
 import softxent.torch as sxt
+from memory import allocations, peak_bytes
 
 ROWS, FEATURES, CLASSES, CHUNK = 256, 8, 600, 16
 
-
-class _Allocations(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.sizes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.sizes.append(t.numel())
-        return out
 
 
 def _torch_inputs():
@@ -45,30 +31,17 @@ def _torch_inputs():
 def test_torch_linear_heads_allocate_no_rows_by_vocabulary_tensor(monkeypatch):
     monkeypatch.setattr(threads, "INLINE_MAX_ELEMENTS", 1 << 40)  # the row kernels on this thread, seen
     x, w, t, tx = _torch_inputs()
-    with _Allocations() as seen:
+    with allocations() as seen:
         lp, h = sxt.linear_token_log_probs(x, w, t, return_entropy=True, chunk_size=CHUNK)
         (lp.sum() + h.sum()).backward()
         sxt.linear_distillation_loss(x, w, tx, w.detach() * 0.5, chunk_size=CHUNK, divergence="jsd").backward()
         sxt.linear_distillation_loss(x, w, tx, w.detach() * 0.5, chunk_size=CHUNK, reduction="none").sum().backward()
     assert max(seen.sizes) < ROWS * CLASSES // 2
     assert CHUNK * CLASSES in seen.sizes  # the chunk buffer itself
-    with _Allocations() as unfused:
+    with allocations() as unfused:
         log_p = torch.log_softmax(x @ w.T, -1)
         (log_p.gather(1, t[:, None]).sum() - (log_p.exp() * log_p).sum()).backward()
     assert max(unfused.sizes) >= ROWS * CLASSES  # the control: the mode sees the logits
-
-
-def _peak_bytes(fn) -> int:
-    tracemalloc.start()
-    try:
-        before, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        result = fn()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    del result
-    return peak - before
 
 
 @pytest.mark.parametrize("head", ["token_log_probs", "distillation"])
@@ -89,6 +62,6 @@ def test_numpy_linear_heads_hold_a_few_chunks_at_most(head):
     chunk_logits = chunks * 16 * classes * 4
     scratch = 10 * 16 * classes * 8  # the row kernels' float64 temporaries: a chunk's rows, a few times
     dw_slices = max(64, 16 * classes // (4 * 24)) * 24 * 4
-    peak = _peak_bytes(call)
+    peak = peak_bytes(call)
     assert peak <= outputs + chunk_logits + scratch + dw_slices + (256 << 10), peak
     assert peak - outputs < rows * classes * 4 / 2  # well below one (rows, V) array of logits
