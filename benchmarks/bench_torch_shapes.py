@@ -92,17 +92,12 @@ def _measure(run, min_time: float) -> dict:
     best and the median of repeated calls. Ratios use the best: on a shared machine a call's time is its
     work plus whatever the other tenants cost it, and the best is closest to the work."""
     sys.path.insert(0, str(HERE))
-    from harness import _rss_bytes
+    from harness import peak_rss_growth
 
     for _ in range(2):
         run()
     gc.collect()
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")  # reset VmHWM, the peak resident set, to the current one
-    before = _rss_bytes("VmRSS")
-    result = run()
-    peak = _rss_bytes("VmHWM") - before
-    del result
+    peak = peak_rss_growth(run)
     times = []
     deadline = time.perf_counter() + min_time
     while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 200):

@@ -69,6 +69,18 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def peak_rss_growth(run: Callable[[], Any]) -> int:
+    """How far one run() lifts the peak resident set above the resident set just before it (the CPU's
+    peak extra memory; its result is dropped afterwards)."""
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # reset VmHWM, the peak resident set, to the current one
+    before = _rss_bytes("VmRSS")
+    result = run()
+    peak = _rss_bytes("VmHWM") - before
+    del result
+    return peak
+
+
 def measure(run: Callable[[], Any], device: str, min_time: float = 1.0, max_repeats: int = 50) -> dict:
     """Warm up, then peak extra memory of one call, then the median time of several."""
     for _ in range(2):
@@ -84,13 +96,9 @@ def measure(run: Callable[[], Any], device: str, min_time: float = 1.0, max_repe
         result = run()
         _sync(device)
         peak = torch.cuda.max_memory_allocated() - before
+        del result
     else:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")  # reset VmHWM, the peak resident set, to the current one
-        before = _rss_bytes("VmRSS")
-        result = run()
-        peak = _rss_bytes("VmHWM") - before
-    del result
+        peak = peak_rss_growth(run)
 
     times = []
     deadline = time.perf_counter() + min_time
