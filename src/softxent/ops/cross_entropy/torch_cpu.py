@@ -209,8 +209,9 @@ class _Kernel:
             self.coef_d[rows] = _weighted_row_sums(buf, coef)
 
         # 3. e = exp(d); the sum without the target's term (the whole sum for probabilities).
-        #    float32: exp2(d log2 e) is a quarter faster than exp(d) in torch's vector math, and d
-        #    itself (for d_t and the sums above) was taken exactly before the scaling.
+        #    A float32 buffer (16-bit logits, see `work_dtype`): exp2(d log2 e) is a quarter faster than
+        #    exp(d) in torch's vector math, and its rounding is far below a 16-bit ulp; d itself (for d_t
+        #    and the sums above) was taken before the scaling.
         if buf.dtype == torch.float32:
             buf.mul_(_LOG2E).exp2_()
         else:
