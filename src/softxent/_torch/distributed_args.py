@@ -20,10 +20,24 @@ import array_api_compat.torch as xp
 from softxent._torch.checks import floating, same_device, tensor
 from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.distributed_rows import RowProblem
-from softxent._torch.collectives import Field, Layout, dtype_code, fingerprint, float_bits, shape_code, show_dtype, show_float, \
+from softxent._torch.collectives import Communicator, Field, Layout, checked_timeout, dtype_code, fingerprint, float_bits, shape_code, show_dtype, show_float, \
     show_fingerprint
 
 _REDUCTION_CODES = {name: i for i, name in enumerate(v.REDUCTIONS)}
+
+
+def local_options(comm: Communicator, timeout: Any, **options: Any) -> LossOptions:
+    """The collectives' timeout, set on comm, and the loss's options: both checked on this rank alone."""
+    comm.timeout = checked_timeout(timeout)
+    return LossOptions(**options)
+
+
+def checked_local_logits(local_logits: Any) -> torch.Tensor:
+    """This rank's slice of the logits: a floating tensor with a class dimension (the last)."""
+    logits = floating(local_logits, "local_logits")
+    if logits.dim() == 0:
+        raise ValueError("local_logits must have at least one dimension (the classes); got a scalar")
+    return logits
 
 
 def checked_target(target: Any, logits_shape: tuple, logits: torch.Tensor, logits_name: str) -> str:
@@ -48,8 +62,8 @@ def checked_class_weight(weight: Any, reference: torch.Tensor, reference_name: s
 
 
 def common_fields(batch_shape: tuple, kind: str, target: torch.Tensor, weight: torch.Tensor | None,
-                  options: LossOptions) -> list[Field]:
-    """What every rank must agree on, whichever loss: rows, targets, class weights, options."""
+                  options: LossOptions, num_items: Any) -> list[Field]:
+    """What every rank must agree on, whichever loss: rows, targets, class weights, options, num_items."""
     rows = 1
     for size in batch_shape:
         rows *= int(size)
@@ -72,18 +86,28 @@ def common_fields(batch_shape: tuple, kind: str, target: torch.Tensor, weight: t
         Field("reduction", _REDUCTION_CODES[options.reduction], lambda c: reductions.get(c, str(c))),
         Field("label_smoothing", float_bits(options.label_smoothing), show_float),
         Field("z_loss", float_bits(options.z_loss), show_float),
+        num_items_field(num_items),
     ]
+
+
+def num_items_field(num_items: Any) -> Field:
+    """num_items as a handshake field: every rank of the group must divide by the same number (read once:
+    a host sync for a device tensor, as the handshake's other fingerprints)."""
+    if num_items is None:
+        return Field("num_items", -1, lambda c: "None" if c == -1 else str(c))
+    value = num_items if isinstance(num_items, int) else float(num_items)
+    return Field("num_items", float_bits(value), show_float)
 
 
 def row_problem(layout: Layout, kind: str, target: torch.Tensor, weight: torch.Tensor | None,
                 options: LossOptions, batch_shape: tuple, local_classes: int, dtype: torch.dtype,
-                device: torch.device) -> RowProblem:
+                device: torch.device, num_items: Any) -> RowProblem:
     """After the handshake: the targets as rows, checked against the global vocabulary."""
     labels = target.reshape(-1).to(torch.int64) if kind == "index" else None
     check_against_vocabulary(layout, labels, weight, options, batch_shape)
     rows = math.prod(batch_shape)
     probs = None if kind == "index" else target.reshape(rows, local_classes)
-    return RowProblem(layout, labels, probs, weight, options, dtype, device, rows)
+    return RowProblem(layout, labels, probs, weight, options, dtype, device, rows, num_items)
 
 
 def check_against_vocabulary(layout: Layout, labels: torch.Tensor | None, weight: torch.Tensor | None,

@@ -6,10 +6,8 @@ from typing import Any
 
 import torch
 
-from softxent._options import LossOptions
 from softxent._torch import distributed_args as _args
-from softxent._torch.collectives import Communicator, Field, checked_timeout, dtype_code, float_bits, show_dtype, \
-    show_float
+from softxent._torch.collectives import Communicator, Field, checked_timeout, dtype_code, show_dtype
 from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.distributed_rows import RowProblem
 
@@ -101,36 +99,23 @@ def vocab_parallel_cross_entropy(local_logits: torch.Tensor, target: torch.Tenso
     comm = Communicator(group, None, NAME)  # a bad group raises here, before any communication
     error, fields, local_classes, device = None, [], 0, comm.device_for(local_logits)
     try:
-        comm.timeout = checked_timeout(timeout)
-        options = LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                              z_loss=z_loss)
-        logits = _args.floating(local_logits, "local_logits")
-        if logits.dim() == 0:
-            raise ValueError("local_logits must have at least one dimension (the classes); got a scalar")
+        options = _args.local_options(comm, timeout, ignore_index=ignore_index, reduction=reduction,
+                                      label_smoothing=label_smoothing, z_loss=z_loss)
+        num_items = spec.check_num_items(num_items, options.reduction)
+        logits = _args.checked_local_logits(local_logits)
         kind = _args.checked_target(target, tuple(logits.shape), logits, "local_logits")
         weight = _args.checked_class_weight(weight, logits, "local_logits")
         batch_shape = tuple(logits.shape[:-1])
         local_classes = logits.shape[-1]
-        num_items = spec.check_num_items(num_items, options.reduction)
         fields = [Field("the dtype of local_logits", dtype_code(logits.dtype), show_dtype),
-                  *_args.common_fields(batch_shape, kind, target, weight, options), num_items_field(num_items)]
+                  *_args.common_fields(batch_shape, kind, target, weight, options, num_items)]
     except (ValueError, TypeError) as err:
         error = err
     layout = comm.handshake(_FUNCTION_CODE, local_classes, fields, error, device)
 
     problem = _args.row_problem(layout, kind, target, weight, options, batch_shape, local_classes, logits.dtype,
-                                logits.device)
-    problem.num_items = num_items
+                                logits.device, num_items)
     return _VocabParallelCrossEntropy.apply(logits, _Plan(comm, problem, batch_shape))
-
-
-def num_items_field(num_items: Any) -> Field:
-    """num_items as a handshake field: every rank of the group must divide by the same number (read once:
-    a host sync for a device tensor, as the handshake's other fingerprints)."""
-    if num_items is None:
-        return Field("num_items", -1, lambda c: "None" if c == -1 else str(c))
-    value = num_items if isinstance(num_items, int) else float(num_items)
-    return Field("num_items", float_bits(value), show_float)
 
 
 def global_num_items(target: torch.Tensor, *, ignore_index: int = -100, group: Any = None,

@@ -31,6 +31,7 @@ gradient (and is counted by "mean"); +inf logits share the mass equally; NaN pro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -71,10 +72,10 @@ class RowProblem:
 
     def __init__(self, layout: Layout, labels: torch.Tensor | None, probs: torch.Tensor | None,
                  weight: torch.Tensor | None, options: LossOptions, dtype: torch.dtype, device: torch.device,
-                 num_rows: int):
+                 num_rows: int, num_items: Any = None):
         self.layout = layout
         self.options = options
-        self.num_items = None  # "mean"'s global denominator (int or 0-d tensor), set by the caller
+        self.num_items = num_items  # "mean"'s global denominator (int or 0-d tensor), or None
         self.labels = labels
         self.probs = probs
         self.num_rows = num_rows

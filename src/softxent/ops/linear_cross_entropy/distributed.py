@@ -7,12 +7,10 @@ from typing import Any
 import torch
 
 from softxent import _validation as v
-from softxent._options import LossOptions
 from softxent._torch import distributed_args as _args
-from softxent._torch.collectives import Communicator, Field, checked_timeout, dtype_code, fingerprint, show_dtype, \
+from softxent._torch.collectives import Communicator, Field, dtype_code, fingerprint, show_dtype, \
     show_fingerprint
 from softxent.ops.cross_entropy import spec
-from softxent.ops.cross_entropy.distributed import num_items_field
 from softxent.ops.cross_entropy.distributed_rows import RowProblem, compute_dtype
 
 NAME = "vocab_parallel_linear_cross_entropy"
@@ -85,9 +83,8 @@ def vocab_parallel_linear_cross_entropy(input: torch.Tensor, local_weight: torch
     comm = Communicator(group, None, NAME)  # a bad group raises here, before any communication
     error, fields, local_classes, device = None, [], 0, comm.device_for(input)
     try:
-        comm.timeout = checked_timeout(timeout)
-        options = LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                              z_loss=z_loss)
+        options = _args.local_options(comm, timeout, ignore_index=ignore_index, reduction=reduction,
+                                      label_smoothing=label_smoothing, z_loss=z_loss)
         chunk_size = v.check_chunk_size(chunk_size)
         num_items = spec.check_num_items(num_items, options.reduction)
         if not isinstance(reduce_input_grad, bool):
@@ -105,14 +102,13 @@ def vocab_parallel_linear_cross_entropy(input: torch.Tensor, local_weight: torch
             # the backward all-reduces the input gradient: every rank must take part, or none
             Field("whether the input gradient is summed over the group (input.requires_grad and "
                   "reduce_input_grad)", int(x.requires_grad and reduce_input_grad)),
-            *_args.common_fields(batch_shape, kind, target, weight, options), num_items_field(num_items)]
+            *_args.common_fields(batch_shape, kind, target, weight, options, num_items)]
     except (ValueError, TypeError) as err:
         error = err
     layout = comm.handshake(_FUNCTION_CODE, local_classes, fields, error, device)
 
     problem = _args.row_problem(layout, kind, target, weight, options, batch_shape, local_classes, x.dtype,
-                                x.device)
-    problem.num_items = num_items
+                                x.device, num_items)
     rows = problem.num_rows
     chunk = min(chunk_size or max(1, _CHUNK_ELEMENTS // max(1, local_classes)), max(1, rows))
     plan = _Plan(comm, problem, batch_shape, chunk, reduce_input_grad)

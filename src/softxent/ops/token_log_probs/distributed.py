@@ -29,7 +29,7 @@ import torch
 
 from softxent._options import LossOptions
 from softxent._torch import distributed_args as _args
-from softxent._torch.collectives import Communicator, Field, checked_timeout, dtype_code, fingerprint, float_bits, \
+from softxent._torch.collectives import Communicator, Field, dtype_code, fingerprint, float_bits, \
     shape_code, show_dtype, show_fingerprint, show_float
 from softxent.ops.cross_entropy.distributed_rows import compute_dtype
 
@@ -84,13 +84,10 @@ def vocab_parallel_token_log_probs(local_logits: torch.Tensor, target: torch.Ten
     comm = Communicator(group, None, NAME)
     error, fields, local_classes, device = None, [], 0, comm.device_for(local_logits)
     try:
-        comm.timeout = checked_timeout(timeout)
-        options = LossOptions(ignore_index=ignore_index, temperature=temperature)
+        options = _args.local_options(comm, timeout, ignore_index=ignore_index, temperature=temperature)
         if not isinstance(return_entropy, bool):
             raise TypeError(f"return_entropy must be a bool; got {type(return_entropy).__name__}")
-        logits = _args.floating(local_logits, "local_logits")
-        if logits.dim() == 0:
-            raise ValueError("local_logits must have at least one dimension (the classes); got a scalar")
+        logits = _args.checked_local_logits(local_logits)
         kind = _args.checked_target(target, tuple(logits.shape), logits, "local_logits")
         if kind != "index":
             raise TypeError("target must hold global class ids of shape local_logits.shape[:-1]; got probabilities")
