@@ -131,3 +131,20 @@ def combine(m1, r1, s1, b1, m2, r2, s2, b2, post):
     c1 = tl.where(b1 == 0.0, 0.0, b1 * shifted(m1, m, post))
     c2 = tl.where(b2 == 0.0, 0.0, b2 * shifted(m2, m, post))
     return m, rest, (s1 + c1) + (s2 + c2), b1 + b2
+
+
+@triton.jit
+def row_state(x_row, num_classes, softcap, inv_temperature, post, BLOCK: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+    """1. One sweep of a row's scores z = transform(x): their max m and rest = sum_j exp(d_j) - 1 (the
+    max's own 1 left out, so L = log1p(rest) is exact however small)."""
+    m = tl.full([], float("-inf"), tl.float32)
+    rest = tl.full([], -1.0, tl.float32)
+    zero = tl.full([], 0.0, tl.float32)
+    for start in range(0, num_classes, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        valid = cols < num_classes
+        x = tl.load(x_row + cols, mask=valid, other=0.0).to(tl.float32)
+        z = tl.where(valid, transform(x, softcap, inv_temperature, HAS_SOFTCAP), float("-inf"))
+        bm, br, bs, bb = block_state(z, valid, z, post, False)
+        m, rest, _, _ = combine(m, rest, zero, zero, bm, br, bs, bb, post)
+    return m, rest

@@ -16,30 +16,28 @@ import triton
 import triton.language as tl
 
 from softxent._triton.config import check_dtype, plan_rows
-from softxent._triton.rowmath import block_state, combine, log1p, shifted
+from softxent._triton.rowmath import log1p, row_state, shifted
 
 _CODES = {"kl": 0, "reverse_kl": 1, "jsd": 2}
 
 
 @triton.jit
 def _state(row_ptr, num_classes, post, BLOCK: tl.constexpr):
-    m = tl.full([], float("-inf"), tl.float32)
-    rest = tl.full([], -1.0, tl.float32)
-    zero = tl.full([], 0.0, tl.float32)
-    for start in range(0, num_classes, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        valid = cols < num_classes
-        z = tl.load(row_ptr + cols, mask=valid, other=float("-inf")).to(tl.float32)
-        bm, br, bs, bb = block_state(z, valid, z, post, False)
-        m, rest, _, _ = combine(m, rest, zero, zero, bm, br, bs, bb, post)
+    """The row's max and its exact L = log1p(rest) (distillation's logits are never soft-capped)."""
+    m, rest = row_state(row_ptr, num_classes, 1.0, 1.0, post, BLOCK, False)
     return m, log1p(rest)
 
 
 @triton.jit
-def _log_probs(s_row, t_row, cols, valid, m_s, l_s, m_t, l_t, post):
+def _log_probs(s_row, t_row, start, num_classes, m_s, l_s, m_t, l_t, post, BLOCK: tl.constexpr):
+    """Columns [start, start + BLOCK): their validity, log q (student), log p (teacher), q and p."""
+    cols = start + tl.arange(0, BLOCK)
+    valid = cols < num_classes
     s = tl.load(s_row + cols, mask=valid, other=float("-inf")).to(tl.float32)
     t = tl.load(t_row + cols, mask=valid, other=float("-inf")).to(tl.float32)
-    return shifted(s, m_s, post) - l_s, shifted(t, m_t, post) - l_t
+    lq = shifted(s, m_s, post) - l_s
+    lp = shifted(t, m_t, post) - l_t
+    return cols, valid, lq, lp, tl.exp(lq), tl.exp(lp)
 
 
 @triton.jit
@@ -67,11 +65,7 @@ def _distill_kernel(s_ptr, s_stride, t_ptr, t_stride, g_ptr, g_stride, kept_ptr,
     acc = tl.zeros([BLOCK], tl.float32)
     acc2 = tl.zeros([BLOCK], tl.float32)
     for start in range(0, num_classes, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        valid = cols < num_classes
-        lq, lp = _log_probs(s_row, t_row, cols, valid, m_s, l_s, m_t, l_t, post)
-        q = tl.exp(lq)
-        p = tl.exp(lp)
+        _, _, lq, lp, q, p = _log_probs(s_row, t_row, start, num_classes, m_s, l_s, m_t, l_t, post, BLOCK)
         if DIVERGENCE == 0:
             acc += tl.where(p > 0.0, p * (lp - lq), 0.0)
         elif DIVERGENCE == 1:
@@ -97,11 +91,8 @@ def _distill_kernel(s_ptr, s_stride, t_ptr, t_stride, g_ptr, g_stride, kept_ptr,
         factor = tl.where(live, scale * tl.sqrt(t2), 0.0)
         g_row = g_ptr + row * g_stride
         for start in range(0, num_classes, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            valid = cols < num_classes
-            lq, lp = _log_probs(s_row, t_row, cols, valid, m_s, l_s, m_t, l_t, post)
-            q = tl.exp(lq)
-            p = tl.exp(lp)
+            cols, valid, lq, lp, q, p = _log_probs(s_row, t_row, start, num_classes, m_s, l_s, m_t, l_t, post,
+                                                    BLOCK)
             if DIVERGENCE == 0:
                 g = q - p
             elif DIVERGENCE == 1:

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from softxent._options import LossOptions
 from softxent._triton.config import check_dtype, plan_rows
-from softxent._triton.rowmath import block_state, combine, log1p, post_scale, shifted, transform, transform_slope
+from softxent._triton.rowmath import log1p, post_scale, row_state, shifted, transform, transform_slope
 
 
 @triton.jit
@@ -45,16 +45,7 @@ def _token_forward_kernel(x_ptr, x_stride, label_ptr, lp_ptr, h_ptr, stats_ptr, 
     safe = tl.where(kept & (label >= 0) & (label < num_classes), label, 0)
     post = post_scale(inv_temperature, HAS_SOFTCAP)
     # 1. the online state (m, rest) of the row
-    m = tl.full([], float("-inf"), tl.float32)
-    rest = tl.full([], -1.0, tl.float32)
-    zero = tl.full([], 0.0, tl.float32)
-    for start in range(0, num_classes, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        valid = cols < num_classes
-        x = tl.load(x_row + cols, mask=valid, other=0.0).to(tl.float32)
-        z = tl.where(valid, transform(x, softcap, inv_temperature, HAS_SOFTCAP), float("-inf"))
-        bm, br, bs, bb = block_state(z, valid, z, post, False)
-        m, rest, _, _ = combine(m, rest, zero, zero, bm, br, bs, bb, post)
+    m, rest = row_state(x_row, num_classes, softcap, inv_temperature, post, BLOCK, HAS_SOFTCAP)
     log_sum = log1p(rest)
     z_t = transform(tl.load(x_row + safe).to(tl.float32), softcap, inv_temperature, HAS_SOFTCAP)
     neg_d_t = -shifted(z_t, m, post)
