@@ -80,19 +80,17 @@ def token_forward_rows(logits: torch.Tensor, labels: torch.Tensor, options: Loss
     lowest = torch.finfo(acc).min
 
     def work(start: int, stop: int) -> None:
-        n = min(step, stop - start)
-        buf = torch.empty(n, num_classes, dtype=acc, device=device)
-        scratch = torch.empty(n, num_classes, dtype=acc, device=device) if entropy else None
-        for lo in range(start, stop, step):
-            hi = min(lo + step, stop)
-            rows = slice(lo, hi)
-            d = buf[: hi - lo]
+        most = min(step, stop - start)  # the buffers' rows: the longest chunk
+        buf = torch.empty(most, num_classes, dtype=acc, device=device)
+        scratch = torch.empty(most, num_classes, dtype=acc, device=device) if entropy else None
+        for rows, n in _chunks(start, stop, step):
+            d = buf[:n]
             # 1. d = (softcap(x) - m) / T <= 0
             shift, masked = _scores(logits[rows], options, d, None)
             neg_d_t = d.gather(1, safe[rows]).neg_()  # -d_t >= 0 (+inf when the target is masked)
             # 2. E's sum before d becomes e: sum_j e_j (-d_j)
             if entropy:
-                e = torch.exp(d, out=scratch[: hi - lo])
+                e = torch.exp(d, out=scratch[:n])
                 # torch.sum's cascade keeps float32 exact over 1e5 terms where a BLAS dot drifts (1e-5 at 32k)
                 spread = d.mul_(e).sum(dim=1, keepdim=True).neg_()
                 broken = torch.isnan(spread).view(-1)
@@ -148,21 +146,19 @@ def token_backward_rows(logits: torch.Tensor, labels: torch.Tensor, options: Los
     softcap = options.softcap is not None
 
     def work(start: int, stop: int) -> None:
-        n = min(step, stop - start)
-        scratch = torch.empty(n, num_classes, dtype=acc, device=device)
-        p_scratch = torch.empty(n, num_classes, dtype=acc, device=device)
-        tanh = torch.empty(n, num_classes, dtype=acc, device=device) if softcap else None
-        for lo in range(start, stop, step):
-            hi = min(lo + step, stop)
-            rows = slice(lo, hi)
-            d = scratch[: hi - lo]
-            t = None if tanh is None else tanh[: hi - lo]
+        most = min(step, stop - start)  # the buffers' rows: the longest chunk
+        scratch = torch.empty(most, num_classes, dtype=acc, device=device)
+        p_scratch = torch.empty(most, num_classes, dtype=acc, device=device)
+        tanh = torch.empty(most, num_classes, dtype=acc, device=device) if softcap else None
+        for rows, n in _chunks(start, stop, step):
+            d = scratch[:n]
+            t = None if tanh is None else tanh[:n]
             x = logits[rows]
             mask = torch.isneginf(x) if softcap else None
             _scores(x, options, d, stats[rows, 0:1], t)
             d.clamp_(min=lowest)
             # p = exp(d - L); grad = p (h ((-d) - E) - g), the target's entry replaced below
-            p = torch.sub(d, stats[rows, 1:2], out=p_scratch[: hi - lo]).exp_()
+            p = torch.sub(d, stats[rows, 1:2], out=p_scratch[:n]).exp_()
             if hg is not None:
                 centred = d.neg_().sub_(stats[rows, 2:3]).mul_(p)  # p_j ((-d_j) - E)
                 p_t_centred = centred.gather(1, safe[rows])
@@ -181,3 +177,10 @@ def token_backward_rows(logits: torch.Tensor, labels: torch.Tensor, options: Los
             out[rows].copy_(grad)
 
     for_row_spans(num_rows, num_classes, work, device=device, align=step)
+
+
+def _chunks(start: int, stop: int, step: int):
+    """(rows, n): slices of at most `step` rows covering [start, stop), and their lengths."""
+    for lo in range(start, stop, step):
+        hi = min(lo + step, stop)
+        yield slice(lo, hi), hi - lo
