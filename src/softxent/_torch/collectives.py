@@ -141,8 +141,8 @@ class Communicator:
 
     # --- the handshake ---------------------------------------------------------------------------------
 
-    def handshake(self, function_code: int, local_classes: int, fields: Sequence[Field],
-                  error: Exception | None, device: torch.device) -> Layout:
+    def handshake(self, local_classes: int, fields: Sequence[Field], error: Exception | None,
+                  device: torch.device) -> Layout:
         """Exchange metadata; raise the same error on every rank if any rank failed or ranks disagree.
 
         Returns the vocabulary layout. `fields` are the values every rank must agree on; `error` is this
@@ -151,7 +151,7 @@ class Communicator:
         if len(fields) + 3 > META_LENGTH:
             raise RuntimeError("internal: too many handshake fields")  # a programming error, not input
         meta = [0] * META_LENGTH
-        meta[0] = _MAGIC + function_code
+        meta[0] = _MAGIC + _FUNCTION_CODES[self.caller]  # the loss each rank calls
         if error is not None:
             meta[1] = next((code for code, kind in _ERROR_TYPES.items() if isinstance(error, kind)), 3)
         else:
@@ -193,7 +193,10 @@ class Communicator:
             from error
 
 
-_FUNCTION_NAMES = {1: "vocab_parallel_cross_entropy", 2: "vocab_parallel_linear_cross_entropy"}
+# every function that handshakes, by the code its ranks compare (a rank calling another loss is refused by name)
+_FUNCTION_CODES = {"vocab_parallel_cross_entropy": 1, "vocab_parallel_linear_cross_entropy": 2,
+                   "vocab_parallel_token_log_probs": 3}
+_FUNCTION_NAMES = {code: name for name, code in _FUNCTION_CODES.items()}
 
 
 # --- values for the handshake ------------------------------------------------------------------------------

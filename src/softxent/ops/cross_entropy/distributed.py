@@ -12,7 +12,6 @@ from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.distributed_rows import RowProblem
 
 NAME = "vocab_parallel_cross_entropy"
-_FUNCTION_CODE = 1
 # rows per chunk hold about this many logits (4 MiB in float32): the working set of the row kernel
 # stays in cache-sized pieces, and the temporaries never grow with the number of rows
 _CHUNK_ELEMENTS = 1 << 20
@@ -111,7 +110,7 @@ def vocab_parallel_cross_entropy(local_logits: torch.Tensor, target: torch.Tenso
                   *_args.common_fields(batch_shape, kind, target, weight, options, num_items)]
     except (ValueError, TypeError) as err:
         error = err
-    layout = comm.handshake(_FUNCTION_CODE, local_classes, fields, error, device)
+    layout = comm.handshake(local_classes, fields, error, device)
 
     problem = _args.row_problem(layout, kind, target, weight, options, batch_shape, local_classes, logits.dtype,
                                 logits.device, num_items)

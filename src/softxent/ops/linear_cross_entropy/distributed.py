@@ -14,7 +14,6 @@ from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.distributed_rows import RowProblem, compute_dtype
 
 NAME = "vocab_parallel_linear_cross_entropy"
-_FUNCTION_CODE = 2
 # the default chunk holds about this many logits (32 MiB in float32), as the NumPy layer's
 _CHUNK_ELEMENTS = 1 << 23
 
@@ -105,7 +104,7 @@ def vocab_parallel_linear_cross_entropy(input: torch.Tensor, local_weight: torch
             *_args.common_fields(batch_shape, kind, target, weight, options, num_items)]
     except (ValueError, TypeError) as err:
         error = err
-    layout = comm.handshake(_FUNCTION_CODE, local_classes, fields, error, device)
+    layout = comm.handshake(local_classes, fields, error, device)
 
     problem = _args.row_problem(layout, kind, target, weight, options, batch_shape, local_classes, x.dtype,
                                 x.device, num_items)

@@ -34,7 +34,6 @@ from softxent._torch.collectives import Communicator, Field, dtype_code, fingerp
 from softxent.ops.cross_entropy.distributed_rows import compute_dtype
 
 NAME = "vocab_parallel_token_log_probs"
-_FUNCTION_CODE = 3
 _CHUNK_ELEMENTS = 1 << 20  # rows per chunk hold about this many logits: cache-sized temporaries
 _INF = float("inf")
 
@@ -104,7 +103,7 @@ def vocab_parallel_token_log_probs(local_logits: torch.Tensor, target: torch.Ten
                   Field("return_entropy", int(return_entropy))]
     except (ValueError, TypeError) as err:
         error = err
-    layout = comm.handshake(_FUNCTION_CODE, local_classes, fields, error, device)
+    layout = comm.handshake(local_classes, fields, error, device)
     labels = target.reshape(-1).to(torch.int64)
     _args.check_against_vocabulary(layout, labels, None, options, batch_shape)
     plan = _Plan(comm, layout, labels, options, compute_dtype(logits.dtype), batch_shape)
