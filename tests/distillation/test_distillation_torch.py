@@ -147,3 +147,38 @@ def test_num_items_and_every_row_skipped():
 def test_bad_arguments_raise_naming_them(call, error, words):
     with pytest.raises(error, match=words):
         call()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_compile_dynamic_fullgraph_matches_eager_without_a_recompile_per_batch_size(reduction):
+    """torch.compile(dynamic=True, fullgraph=True) through the row kernel's custom op: values and the
+    student's gradient as eager, one graph for batch sizes 6 to 30, and a bad label still refused."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+
+    def step(s, te, t, up):
+        loss = sxt.distillation_loss(s, te, divergence="jsd", beta=0.3, temperature=2.0, target=t,
+                                     reduction=reduction)
+        return (loss * up).sum() if reduction == "none" else loss
+
+    compiled = torch.compile(step, backend=counter, dynamic=True, fullgraph=True)
+    frames = []
+    for rows in (6, 12, 30):
+        gen = torch.Generator().manual_seed(rows)
+        s, te = torch.randn(rows, 17, generator=gen) * 3, torch.randn(rows, 17, generator=gen) * 3
+        t = torch.randint(0, 17, (rows,), generator=gen)
+        t[::4] = -100
+        up = torch.randn(rows, generator=gen)
+        sc, se = s.clone().requires_grad_(), s.clone().requires_grad_()
+        value = compiled(sc, te, t, up)
+        value.backward()
+        expected = step(se, te, t, up)
+        expected.backward()
+        assert_close(value.detach(), expected.detach(), what="compiled loss vs eager")
+        assert_close(sc.grad, se.grad, what="compiled gradient vs eager")
+        frames.append(counter.frame_count)
+    assert frames[0] >= 1 and frames == frames[:1] * 3  # compiled once, then reused
+    with pytest.raises(ValueError, match="class index 17"):
+        compiled(torch.zeros(6, 17), torch.zeros(6, 17), torch.tensor([0, 1, 2, 17, 4, 5]), torch.ones(6))

@@ -194,3 +194,33 @@ def test_linear_only_the_log_probs_are_used():
 def test_bad_arguments_raise_naming_them(call, error, words):
     with pytest.raises(error, match=words):
         call()
+
+
+def test_compile_dynamic_fullgraph_matches_eager_without_a_recompile_per_batch_size():
+    """torch.compile(dynamic=True, fullgraph=True) through the row kernels' custom ops: values and both
+    outputs' gradients as eager, one graph for batch sizes 6 to 30, and a bad label still refused."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+
+    def step(x, t, up, up_h):
+        lp, h = sxt.token_log_probs(x, t, return_entropy=True, temperature=0.7, softcap=20.0)
+        return (lp * up + h * up_h).sum()
+
+    compiled = torch.compile(step, backend=counter, dynamic=True, fullgraph=True)
+    frames = []
+    for rows in (6, 12, 30):
+        gen = torch.Generator().manual_seed(rows)
+        x = torch.randn(rows, 17, generator=gen) * 4
+        t = torch.randint(0, 17, (rows,), generator=gen)
+        t[::5] = -100
+        up, up_h = torch.randn(rows, generator=gen), torch.randn(rows, generator=gen)
+        xc, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+        compiled(xc, t, up, up_h).backward()
+        step(xe, t, up, up_h).backward()
+        assert_close(xc.grad, xe.grad, what="compiled gradient vs eager")
+        frames.append(counter.frame_count)
+    assert frames[0] >= 1 and frames == frames[:1] * 3  # compiled once, then reused
+    with pytest.raises(ValueError, match="class index 17"):
+        compiled(torch.zeros(6, 17), torch.tensor([0, 1, 2, 17, 4, 5]), torch.ones(6), torch.ones(6))

@@ -21,10 +21,21 @@ from softxent._torch.matmul import fold_chunk
 from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype
 from softxent.ops.distillation import torch_cpu
+from softxent.ops.linear_cross_entropy.torch import choose_chunk_size
 
 
 def distill_rows(student, teacher, kept, divergence, beta, temperature, *, row_scale=None, grad_out=None):
-    """The row kernel for these logits: Triton's on CUDA (same dtype for both models), the torch one elsewhere."""
+    """The row kernel for these logits: Triton's on CUDA (same dtype for both models), the torch one elsewhere;
+    under torch.compile a custom op around them, opaque to tracing (the kernels branch on data)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.softxent.distill_rows(student, teacher, kept, divergence, beta, temperature, row_scale,
+                                               grad_out)
+    return _eager_distill_rows(student, teacher, kept, divergence, beta, temperature, row_scale, grad_out)
+
+
+def _eager_distill_rows(student: torch.Tensor, teacher: torch.Tensor, kept: torch.Tensor, divergence: str,
+                        beta: float, temperature: float, row_scale: torch.Tensor | None,
+                        grad_out: torch.Tensor | None) -> torch.Tensor:
     if _backend.uses_triton(student) and _backend.uses_triton(teacher):
         from softxent.ops.distillation import triton as kernels
 
@@ -32,7 +43,14 @@ def distill_rows(student, teacher, kept, divergence, beta, temperature, *, row_s
                                     grad_out=grad_out)
     return torch_cpu.distill_rows(student, teacher, kept, divergence, beta, temperature, row_scale=row_scale,
                                   grad_out=grad_out)
-from softxent.ops.linear_cross_entropy.torch import choose_chunk_size
+
+
+_distill_rows_op = torch.library.custom_op("softxent::distill_rows", _eager_distill_rows, mutates_args=("grad_out",))
+
+
+@_distill_rows_op.register_fake
+def _(student, teacher, kept, divergence, beta, temperature, row_scale, grad_out):
+    return student.new_empty(student.shape[0], dtype=accumulation_dtype(student.dtype))
 
 
 @dataclass(frozen=True)
@@ -53,10 +71,27 @@ def _problem(divergence, beta, temperature, ignore_index, reduction, num_items) 
     return _Problem(divergence, beta, options, spec.check_num_items(num_items, options.reduction))
 
 
-def _kept(target, num_rows: int, problem: _Problem, device) -> torch.Tensor:
+def _kept(target, num_rows: int, problem: _Problem, device, num_classes: int, check: bool) -> torch.Tensor:
+    """The rows that count: target != ignore_index (all of them without a target).
+
+    `check` is set only under torch.compile, where the labels are checked here, inside a custom op whose
+    output the loss needs (tracing cannot branch on their values; eagerly `_check_target` did it)."""
     if target is None:
         return torch.ones(num_rows, dtype=torch.bool, device=device)
+    if check:
+        return torch.ops.softxent.checked_kept_rows(target.reshape(-1), num_classes, problem.options.ignore_index)
     return target.reshape(-1) != problem.options.ignore_index
+
+
+@torch.library.custom_op("softxent::checked_kept_rows", mutates_args=())
+def _checked_kept_rows(labels: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    _backend.check_labels(labels, num_classes, ignore_index, labels)
+    return labels != ignore_index
+
+
+@_checked_kept_rows.register_fake
+def _(labels, num_classes, ignore_index):
+    return torch.empty_like(labels, dtype=torch.bool)
 
 
 def _denominator(target, num_rows: int, num_classes: int, problem: _Problem, acc, device):
@@ -76,7 +111,7 @@ def _check_target(target, batch_shape: tuple, num_classes: int, problem: _Proble
         raise TypeError(f"target must hold class indices of shape {tuple(batch_shape)}; got probabilities")
     if target.device != reference.device:
         raise ValueError(f"target must be on {reference.device}; got {target.device}")
-    if check:
+    if check and not torch.compiler.is_compiling():  # compiled: `_kept` checks them
         _backend.check_labels(target, num_classes, problem.options.ignore_index, reference)
 
 
@@ -130,7 +165,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     _check_target(target, student_logits.shape[:-1], student_logits.shape[-1], problem, student_logits,
                   check_labels)
     want_grad = torch.is_grad_enabled() and student_logits.requires_grad
-    return _Distillation.apply(student_logits, teacher_logits.detach(), target, problem, want_grad)
+    compiled_check = bool(check_labels) and torch.compiler.is_compiling()
+    return _Distillation.apply(student_logits, teacher_logits.detach(), target, problem, want_grad, compiled_check)
 
 
 def _reduce(losses, problem: _Problem, denom, batch_shape, dtype):
@@ -148,12 +184,12 @@ def _scale_(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
 
 class _Distillation(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student, teacher, target, problem: _Problem, want_grad: bool):
+    def forward(ctx, student, teacher, target, problem: _Problem, want_grad: bool, check: bool):
         num_classes = student.shape[-1]
         s, t = student.reshape(-1, num_classes), teacher.reshape(-1, num_classes)
         num_rows = s.shape[0]
         acc = accumulation_dtype(student.dtype)
-        kept = _kept(target, num_rows, problem, student.device)
+        kept = _kept(target, num_rows, problem, student.device, num_classes, check)
         denom = _denominator(target, num_rows, num_classes, problem, acc, student.device)
         fused = want_grad and problem.options.reduction != "none"
         grad = torch.empty_like(s) if fused else None
@@ -171,13 +207,13 @@ class _Distillation(torch.autograd.Function):
         problem = ctx.problem
         if ctx.grad is not None:
             grad, ctx.grad = ctx.grad, None  # handed over without a copy
-            return _scale_(grad, grad_loss).view(ctx.shape), None, None, None, None
+            return _scale_(grad, grad_loss).view(ctx.shape), None, None, None, None, None
         s, t, kept = ctx.saved_tensors
         grad = torch.empty_like(s)
         row_scale = grad_loss.reshape(-1) if ctx.scale is None else ctx.scale * grad_loss
         distill_rows(s, t, kept, problem.divergence, problem.beta, problem.temperature, row_scale=row_scale,
                      grad_out=grad)
-        return grad.view(ctx.shape), None, None, None, None
+        return grad.view(ctx.shape), None, None, None, None, None
 
 
 # --- the linear form ----------------------------------------------------------------------------------
@@ -329,7 +365,7 @@ class _LinearDistillation(torch.autograd.Function):
         tx = teacher_input.reshape(-1, teacher_input.shape[-1])
         num_rows = sx.shape[0]
         acc = accumulation_dtype(student_input.dtype)
-        kept = _kept(target, num_rows, problem, sx.device)
+        kept = _kept(target, num_rows, problem, sx.device, num_classes, check=False)
         denom = _denominator(target, num_rows, num_classes, problem, acc, sx.device)
         fused = plan.want_grad and problem.options.reduction != "none"
         needs = ctx.needs_input_grad[:3]

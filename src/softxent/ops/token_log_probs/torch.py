@@ -15,8 +15,8 @@ chunk is kept from the forward.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
-import array_api_compat.torch as xp
 import torch
 
 from softxent import _validation as v
@@ -30,13 +30,61 @@ from softxent.ops.linear_cross_entropy.torch import choose_chunk_size
 from softxent.ops.token_log_probs.torch_cpu import token_backward_rows, token_forward_rows
 
 
-def _kernels(logits: torch.Tensor):
-    """(forward_rows, backward_rows) for these logits: Triton's on CUDA, the torch ones elsewhere."""
+def _kernels(logits: torch.Tensor, check_labels: bool = False):
+    """(forward_rows, backward_rows) for these logits: Triton's on CUDA, the torch ones elsewhere; under
+    torch.compile the custom ops below, opaque to tracing (the kernels branch on data), whose forward
+    also checks the labels if asked (eagerly, the caller has)."""
+    if torch.compiler.is_compiling():
+        return partial(_compiled_forward_rows, check=check_labels), _compiled_backward_rows
+    return _eager_kernels(logits)
+
+
+def _eager_kernels(logits: torch.Tensor):
     if _backend.uses_triton(logits):
         from softxent.ops.token_log_probs import triton as kernels
 
         return kernels.token_forward_rows, kernels.token_backward_rows
     return token_forward_rows, token_backward_rows
+
+
+@torch.library.custom_op("softxent::token_forward_rows", mutates_args=())
+def _forward_rows_op(logits: torch.Tensor, labels: torch.Tensor, options: list[float], entropy: bool, check: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    decoded = LossOptions.decode(options)
+    if check:  # the label check, here where it runs eagerly: tracing cannot branch on the labels' values
+        _backend.check_labels(labels, logits.shape[-1], decoded.ignore_index, logits)
+    forward_rows, _ = _eager_kernels(logits)
+    return forward_rows(logits, labels, decoded, entropy=entropy)
+
+
+@_forward_rows_op.register_fake
+def _(logits, labels, options, entropy, check):
+    acc = accumulation_dtype(logits.dtype)
+    rows = logits.shape[0]
+    return logits.new_empty(rows, dtype=acc), logits.new_empty(rows, dtype=acc), logits.new_empty(rows, 3, dtype=acc)
+
+
+@torch.library.custom_op("softxent::token_backward_rows", mutates_args=())
+def _backward_rows_op(logits: torch.Tensor, labels: torch.Tensor, options: list[float], lp: torch.Tensor,
+                      stats: torch.Tensor, g: torch.Tensor, h_grad: torch.Tensor | None) -> torch.Tensor:
+    grad = torch.empty_like(logits)
+    _, backward_rows = _eager_kernels(logits)
+    backward_rows(logits, labels, LossOptions.decode(options), lp, stats, g, h_grad, grad)
+    return grad
+
+
+@_backward_rows_op.register_fake
+def _(logits, labels, options, lp, stats, g, h_grad):
+    return torch.empty_like(logits)
+
+
+def _compiled_forward_rows(logits, labels, options: LossOptions, *, entropy: bool, check: bool):
+    return torch.ops.softxent.token_forward_rows(logits, labels, options.encode(), entropy, check)
+
+
+def _compiled_backward_rows(logits, labels, options: LossOptions, lp, stats, g, h_grad, out) -> None:
+    # functional under tracing: a fresh gradient copied into `out` (in place over the logits eagerly)
+    out.copy_(torch.ops.softxent.token_backward_rows(logits, labels, options.encode(), lp, stats, g, h_grad))
 
 
 def token_log_probs(logits: torch.Tensor, target: torch.Tensor, *, temperature: float = 1.0,
@@ -80,9 +128,10 @@ def token_log_probs(logits: torch.Tensor, target: torch.Tensor, *, temperature: 
     """
     options = LossOptions(ignore_index=ignore_index, softcap=softcap, temperature=temperature)
     _check_plain(logits, target)
-    if check_labels:
+    compiling = torch.compiler.is_compiling()
+    if check_labels and not compiling:  # compiled, the kernel's op checks them (tracing cannot branch on values)
         _backend.check_labels(target, logits.shape[-1], options.ignore_index, logits)
-    lp, h = _TokenLogProbs.apply(logits, target, options, bool(return_entropy))
+    lp, h = _TokenLogProbs.apply(logits, target, options, bool(return_entropy), bool(check_labels))
     return (lp, h) if return_entropy else lp
 
 
@@ -109,11 +158,11 @@ class _TokenLogProbs(torch.autograd.Function):
     """Forward: log p_t, H and three numbers per row; backward: one sweep from them."""
 
     @staticmethod
-    def forward(ctx, logits, target, options: LossOptions, entropy: bool):
+    def forward(ctx, logits, target, options: LossOptions, entropy: bool, check: bool):
         num_classes = logits.shape[-1]
         rows = logits.reshape(-1, num_classes)
         labels = target.reshape(-1).to(torch.int64)
-        forward_rows, _ = _kernels(rows)
+        forward_rows, _ = _kernels(rows, check_labels=check)
         lp, h, stats = forward_rows(rows, labels, options, entropy=entropy)
         ctx.save_for_backward(logits, labels, lp, stats)
         ctx.options, ctx.entropy = options, entropy
@@ -125,7 +174,7 @@ class _TokenLogProbs(torch.autograd.Function):
     def backward(ctx, grad_lp, grad_h):
         logits, labels, lp, stats = ctx.saved_tensors
         if not ctx.needs_input_grad[0] or (grad_lp is None and grad_h is None):
-            return None, None, None, None
+            return None, None, None, None, None
         acc = lp.dtype
         g = torch.zeros_like(lp) if grad_lp is None else grad_lp.reshape(-1).to(acc)
         hg = None if grad_h is None or not ctx.entropy else grad_h.reshape(-1).to(acc)
@@ -133,7 +182,7 @@ class _TokenLogProbs(torch.autograd.Function):
         grad = torch.empty_like(rows)
         _, backward_rows = _kernels(rows)
         backward_rows(rows.detach(), labels, ctx.options, lp, stats, g, hg, grad)
-        return grad.view(logits.shape), None, None, None
+        return grad.view(logits.shape), None, None, None, None
 
 
 # --- the linear form ----------------------------------------------------------------------------------
