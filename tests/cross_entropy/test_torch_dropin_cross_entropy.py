@@ -124,6 +124,47 @@ def test_small_paths_exact_on_the_adversarial_set(monkeypatch, dtype, path):
     assert checked >= 5
 
 
+@pytest.mark.parametrize("num_classes", [10, 1000, 30000])
+def test_lean_native_exact_on_both_sides_of_its_threshold(monkeypatch, num_classes):
+    """The lean path's torch-native form (float64 log_softmax + nll_loss, torch's autograd) takes a batch
+    only while every loss is >= C 2^-26, where it is exact (rule 11); a dominant target just below goes
+    to the log1p form. Both sides: loss within 2 ulp and every gradient entry within 4 ulp of mpmath's."""
+    taken = []
+    native = ce_torch._lean_native
+    monkeypatch.setattr(ce_torch, "_lean_native", lambda *args: taken.append(native(*args)) or taken[-1])
+    rng = np.random.default_rng(num_classes)
+    for k in (0.5, 0.9, 1.1, 4.0):  # the loss as a multiple of the threshold
+        loss_wanted = k * num_classes * ce_torch._NATIVE_MIN_LOSS
+        logits = (rng.standard_normal(num_classes) * 0.01).astype(np.float32)
+        logits[0] += np.float32(np.log((num_classes - 1) / loss_wanted))  # (C - 1) e^-margin = L
+        case = adversarial.Case(f"dominant-{k}", logits, 0)
+        x = torch.from_numpy(logits.copy()).unsqueeze(0).requires_grad_()
+        loss = sxt.cross_entropy(x, torch.tensor([0]), reduction="sum")
+        loss.backward()
+        assert (taken[-1] is not None) == (k > 1), f"k={k}: native path {'not ' * (k > 1)}taken"
+        loss_ulp = ulp_error(loss.detach().numpy().reshape(1), [case.exact_loss()])
+        assert loss_ulp.max() <= 2, f"k={k}: loss {loss_ulp.max():.1f} ulp"
+        grad_ulp = ulp_error(x.grad.numpy().reshape(-1), _exact_gradient(case))
+        assert grad_ulp.max() <= 4, f"k={k}: gradient {grad_ulp.max():.1f} ulp at {int(grad_ulp.argmax())}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_double_backward_on_the_lean_native_path_matches_torch(dtype):
+    """The common small call (float32 / bfloat16, class indices, "mean") runs on torch's own autograd: its
+    second derivative is torch's, to float tolerance."""
+    x, t = _problem((6, 5), 8, dtype)
+    results = []
+    for fn in (sxt.cross_entropy, F.cross_entropy):
+        xr = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(fn(xr, t), xr, create_graph=True)
+        (h,) = torch.autograd.grad((g.float() ** 2).sum(), xr)
+        results.append((g.detach(), h))
+    name = str(dtype).removeprefix("torch.")
+    assert results[0][0].dtype == results[1][0].dtype == dtype
+    assert_close(results[0][0], results[1][0], dtype=name, what="gradient")
+    assert_close(results[0][1], results[1][1], dtype=name, what="second derivative", scale=4.0)
+
+
 # --- torch's signature ----------------------------------------------------------------------------------
 
 

@@ -5,8 +5,9 @@ path) -> `_CrossEntropyFunction` (autograd: setup_context, a generated vmap rule
 backward for double backward) -> `cross_entropy_forward` / `cross_entropy_backward` -> one of three paths,
 chosen by size and context, with the same results (rule 11 of docs/semantics.md on each):
 
-- lean (eager, at most `SMALL_MAX_ELEMENTS` logits, class indices all kept, at most class weights): about
-  twenty aten calls in float64 on the calling thread, the reduction included (`_lean`);
+- lean (eager, at most `SMALL_MAX_ELEMENTS` logits, class indices all kept, at most class weights): torch's
+  own float64 log_softmax and nll_loss, differentiated by torch's autograd, where that is exact
+  (`_lean_native`), else about twenty aten calls in float64 on the calling thread (`_lean`);
 - composite (eager small calls with any other option, and every call under torch.func): the same math for
   every option, branch-free under torch.func (`_composite`);
 - fused (everything larger, and every call under torch.compile): the layout and value checks, then the
@@ -119,8 +120,7 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     """
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce)
-    options = LossOptions(weight=weight, ignore_index=ignore_index, reduction=reduction,
-                          label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, temperature=temperature)
+    options = _loss_options(weight, ignore_index, reduction, label_smoothing, z_loss, softcap, temperature)
     _check_arguments(input, target, weight)
     num_items = spec.check_num_items(num_items, options.reduction)
     input, target, options = _autocast(input, target, options)
@@ -138,11 +138,42 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
                               options.ignore_index, input)
     call = _Call(want_grad=want_grad, inplace=inplace, check=check, return_lse=bool(return_lse),
                  num_items=num_items, path=path, robust=robust)
+    if path == LEAN and (options.weight is None or not options.weight.requires_grad):
+        if input.dtype != torch.float64 and not return_lse:
+            loss = _small(_lean_native, input, target, options)
+            if loss is not None:
+                return loss
+        if not want_grad:  # nothing to differentiate: the forward itself, without autograd.Function's bookkeeping
+            loss, lse, _ = cross_entropy_forward(input, target, options, call)
+            return (loss, lse) if return_lse else loss
     if robust or torch.compiler.is_compiling():
         loss, lse, _ = _CrossEntropyFunction.apply(input, target, options, call)
     else:  # eager: the C apply itself, without Function.apply's per-call inspect.signature (~20 us)
         loss, lse, _ = _apply_function(_CrossEntropyFunction, input, target, options, call)
     return (loss, lse) if return_lse else loss
+
+
+_OPTIONS: dict[tuple, LossOptions] = {}  # validated options without class weights, by their scalars
+_PLAIN = (int, float, str, type(None))  # option types whose value alone decides (no bool, no tensor; an int
+# ignore_index, so that -100.0, equal to -100 as a key, is still refused)
+
+
+def _loss_options(weight, ignore_index, reduction, label_smoothing, z_loss, softcap, temperature) -> LossOptions:
+    """LossOptions, validated once per distinct set of plain scalar options (a training loop passes the
+    same ones every step: its validation then costs a dict lookup, not microseconds)."""
+    key = (ignore_index, reduction, label_smoothing, z_loss, softcap, temperature)
+    # not while compiling: dynamo would guard on the dict's contents, and its first insertion recompile
+    if (weight is None and not torch.compiler.is_compiling() and type(ignore_index) is int
+            and all(type(value) in _PLAIN for value in key)):
+        options = _OPTIONS.get(key)
+        if options is None:
+            options = LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                                  z_loss=z_loss, softcap=softcap, temperature=temperature)
+            if len(_OPTIONS) < 64:
+                _OPTIONS[key] = options
+        return options
+    return LossOptions(weight=weight, ignore_index=ignore_index, reduction=reduction,
+                       label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, temperature=temperature)
 
 
 def _legacy_reduction(size_average, reduce) -> str:
@@ -300,17 +331,22 @@ def cross_entropy_forward(input: torch.Tensor, target: torch.Tensor, options: Lo
     The gradient is that of the returned loss, already divided by the "mean" denominator.
     """
     if call.path in (LEAN, COMPOSITE) and not call.robust:
-        # one thread: torch's vector math (exp, log) forks its pool from 2048 elements on, and at these
-        # sizes the fork and join cost more than the work (milliseconds when the machine is busy)
-        threads = torch.get_num_threads()
-        if threads > 1:
-            torch.set_num_threads(1)
-        try:
-            return _small_forward(input, target, options, call)
-        finally:
-            if threads > 1:
-                torch.set_num_threads(threads)
+        return _small(_small_forward, input, target, options, call)
     return _forward(input, target, options, call)
+
+
+def _small(function, *args):
+    """function(*args) on one thread: torch's vector math (exp, log) forks its pool from 2048 elements on,
+    and at the small paths' sizes the fork and join cost more than the work (milliseconds when the
+    machine is busy)."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        return function(*args)
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
 
 
 def _small_forward(input, target, options: LossOptions, call: _Call):
@@ -490,51 +526,92 @@ def _lean(input, target, options: LossOptions, call: _Call):
     """(loss, lse, grad) as `_composite`, for `_is_lean` calls, with the reduction done here; None when a
     row is fully masked, +inf or NaN.
 
-    In float64: d = x - max x, e = exp(d), s = sum e; loss = log1p(sum_{j != t} e_j) where the target
-    holds the max (d_t = 0), else log s - d_t; gradient w_t / D (e_j / s) off the target and
-    -w_t / D (sum_{j != t} e_j) / s on it (D the "mean" denominator, 1 for "sum").
+    In float64, five passes over the logits (max, shift, exp, sum, the gradient's scaling written
+    straight into the input's dtype) and a few row-sized calls: d = x - max x (straight from the
+    input: its max is exact, and the shift is computed in float64), e = exp(d), R = sum_{j != t} e_j,
+    s = e_t + R; loss = log1p(R) where the target holds the max (d_t = 0), else log s - d_t; gradient
+    w_t / D (e_j / s) off the target and -w_t / D (R / s) on it (D the "mean" denominator, 1 for "sum").
     """
     unbatched = input.dim() == 1
     x = input.unsqueeze(0) if unbatched else input
-    labels = (target.unsqueeze(0) if unbatched else target).unsqueeze(1).to(torch.int64)
-    z = x.to(torch.float64)
-    d = z - z.amax(dim=1, keepdim=True)
-    e = d.exp()
-    total = e.sum(dim=1, keepdim=True)
-    if not math.isfinite(float(total.sum())):
-        return None
-    d_t = d.gather(1, labels)
-    rest = e.scatter(1, labels, 0.0)  # e off the target: the gradient's buffer
-    rest_sum = rest.sum(dim=1, keepdim=True)
-    losses = torch.where(d_t == 0, torch.log1p(rest_sum), total.log() - d_t)
+    labels = (target.unsqueeze(0) if unbatched else target).unsqueeze(1)
+    if labels.dtype != torch.int64:
+        labels = labels.long()
+    m = x.amax(dim=1, keepdim=True).to(torch.float64)
+    e = x - m  # float64 (the row max is), one pass over the logits
+    d_t = e.gather(1, labels)
+    e = e.exp_().scatter_(1, labels, 0.0)  # e off the target: the gradient's buffer
+    rest = e.sum(dim=1, keepdim=True)
+    total = d_t.exp().add_(rest)  # s >= 1: the max's own term is exactly 1
+    losses = torch.where(d_t == 0, rest.log1p(), total.log().sub_(d_t))
     w_t = None
     if options.weight is not None:
         w_t = options.weight.to(torch.float64).take(labels)
-        losses = losses * w_t
-    reduction = options.reduction
-    scale = 1.0
-    if reduction == "mean":
-        rows = float(labels.numel())
-        if w_t is None:
-            scale = 1.0 / rows
-        else:  # the weights' sum, 0 giving loss 0 and a zero gradient (rule 5)
-            denom = w_t.sum()
-            scale = torch.where(denom > 0, 1.0 / denom, 0.0)
-    if reduction == "none":
-        loss = losses.view(target.shape)
-    else:
-        loss = losses.sum() * scale if reduction == "mean" else losses.sum()
+        losses = losses.mul_(w_t)
+    if not math.isfinite(float(losses.sum())):
+        return None  # a fully masked, +inf or NaN row (or the target's logit -inf): the general path decides
+    loss, scale = _lean_reduce(losses, w_t, options.reduction, target.shape)
     loss = loss.to(input.dtype)
     lse = loss.new_empty(0)
     if call.return_lse:
-        lse = (z.amax(dim=1, keepdim=True) + total.log()).squeeze(1).to(input.dtype)
-        lse = lse.squeeze(0) if unbatched else lse
+        lse = (m + total.log()).view(target.shape).to(input.dtype)
     if not call.want_grad:
         return loss, lse, input.new_empty(0)
-    q = (scale if w_t is None else scale * w_t) / total
-    grad = rest.mul_(q).scatter_(1, labels, torch.mul(q, rest_sum).neg_())
-    grad = grad.to(input.dtype)
+    q = (scale if w_t is None else w_t * scale) / total
+    e.scatter_(1, labels, rest.neg())  # the target's entry -R, never e_t - s (p_t - 1 by cancellation)
+    grad = torch.mul(e, q, out=x.new_empty(e.shape))  # rounded once, to the input's dtype
     return loss, lse, grad.squeeze(0) if unbatched else grad
+
+
+# torch's own float64 log_softmax of d = x - max x and its backward give the loss L = -lsm_t and the
+# target's gradient entry p_t - 1 within C 2^-53 (the rounding of s = sum_j e^{d_j}, C terms) of exact,
+# absolutely; relative to L that is at most 2^-27 (a sixteenth of a float32 ulp) when L >= C 2^-26. A
+# batch with a row below it (a target holding nearly all the mass) takes `_lean`, exact however small L is.
+_NATIVE_MIN_LOSS = 2.0 ** -26
+
+
+def _lean_native(input, target, options: LossOptions):
+    """The loss of a `_is_lean` call on logits below float64 as torch's own float64 ops, differentiated by
+    torch's autograd (double backward and all), or None where `_NATIVE_MIN_LOSS` is not met.
+
+    d = x - max x is computed in float64 straight from the input (the max is exact and left out of the
+    graph, so log_softmax's own shift by max d = 0 is exact too); then nll_loss of log_softmax(d), which
+    autograd turns into w_t / D (p_j - [j = t]) rounded once to the input's dtype: about a dozen aten
+    calls forward and five C++ nodes backward, where the `_CrossEntropyFunction` path costs twice that.
+    """
+    unbatched = input.dim() == 1
+    x = input.unsqueeze(0) if unbatched else input
+    labels = target.unsqueeze(0) if unbatched else target
+    m = x.detach().amax(dim=1, keepdim=True).to(torch.float64)
+    lsm = torch.log_softmax(x - m, 1)  # x - m: float64 (the row max is), one pass over the logits
+    low, high = torch.aminmax(lsm.detach().gather(1, labels.unsqueeze(1).long()))
+    if not (float(high) <= -_NATIVE_MIN_LOSS * x.shape[1] and float(low) > -math.inf):
+        return None  # a dominant target, a NaN or an infinite loss: _lean's exact form, or the general path
+    weight = options.weight
+    if weight is not None:
+        weight = weight.to(torch.float64)
+    loss = torch.nn.functional.nll_loss(lsm, labels, weight, ignore_index=options.ignore_index,
+                                        reduction=options.reduction)
+    if weight is not None and not math.isfinite(float(loss.detach().sum())):
+        return None  # zero weights: rule 5's "mean" and 0 * inf are the general path's
+    if unbatched and options.reduction == "none":
+        loss = loss.squeeze(0)
+    return loss.to(input.dtype)
+
+
+def _lean_reduce(losses, w_t, reduction: str, shape):
+    """(loss, the gradient's scale): "none" the rows, "sum", "mean" over the rows or their weights
+    (a zero weight sum giving loss 0 and a zero gradient, rule 5)."""
+    if reduction == "none":
+        return losses.view(shape), 1.0
+    summed = losses.sum()
+    if reduction == "sum":
+        return summed, 1.0
+    if w_t is None:
+        return summed / losses.numel(), 1.0 / losses.numel()
+    denom = w_t.sum()
+    scale = torch.where(denom > 0, denom.reciprocal(), 0.0)
+    return summed * scale, scale
 
 
 # --- the composite path: a few aten calls, exact, branch-free under torch.func ---------------------------
