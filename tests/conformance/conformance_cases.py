@@ -15,7 +15,7 @@ import itertools
 import numpy as np
 
 from adversarial import cases as adversarial_cases
-from ops_registry import Case
+from ops_registry import LAYERS, Case
 
 SOFTMAX_OPS = ("logsumexp", "log_softmax", "softmax")
 ROWS, CLASSES, FEATURES = 5, 7, 6
@@ -220,8 +220,171 @@ def error_cases() -> list[Case]:
     return out
 
 
+# --- token_log_probs --------------------------------------------------------------------------------------------
+
+# The JAX layer compiles once per shape and set of options (about half a second each, most of this op's share
+# of the budget; float64 recompiles under jax.enable_x64): it runs the float32 cases but the few marked
+# jax=False (options and shapes the other float32 cases already compile), and the errors
+_NO_JAX = tuple(layer for layer in LAYERS if layer != "jax")
+
+
+def _token_case(rng, name, x, target, options=None, check="close", error=None, jax=True) -> Case:
+    """A token_log_probs case: random upstream gradients for the log-probabilities (in [0.5, 1.5)) and the
+    entropy (in [-1.5, -0.5): an entropy bonus, of the other sign, so the two parts of a gradient entry meet)."""
+    dtype = x.dtype
+    batch = np.shape(target)
+    options = dict({"return_entropy": True}, **(options or {}))
+    arrays = {"x": x, "target": np.asarray(target), "upstream": _upstream(rng, batch, dtype)}
+    if options["return_entropy"]:
+        arrays["upstream_entropy"] = -_upstream(rng, batch, dtype)
+    return Case("token_log_probs", f"token_log_probs-{name}", arrays, options, check=check, error=error,
+                layers=LAYERS if jax and (dtype == np.float32 or error is not None) else _NO_JAX)
+
+
+def token_cases() -> list[Case]:
+    """token_log_probs with its entropy: the exactness rows (API rule 11, "ulp"), the options, special rows,
+    bad inputs.
+
+    Exactness: the adversarial rows at T = 1, and confident policies (one class holding almost all the
+    mass: log p_t ~ -1e-20 and H ~ 1e-18, which the textbook ``lse - z_t`` and ``lse - sum p z`` cancel)
+    at T = 1 and 0.5 (a power of 2: the division is exact). The option grid (softcap's tanh rounds the
+    scores, so "close"): temperature, softcap, ignored rows under the default and another ignore_index,
+    without the entropy, and a 3-D batch.
+    """
+    rng = np.random.default_rng(15)
+    inf = np.inf
+    out = []
+    for dtype in ("float32", "float64"):
+        for c in adversarial_cases(dtype, long_rows=False):
+            out.append(_token_case(rng, f"{dtype}-{c.name}", c.logits[None, :], [c.target], check="ulp"))
+        for gap in (10.0, 25.0, 45.0, 80.0):
+            x = np.array([[0.0, -gap, -gap - 1.0, -gap - 3.0, -2 * gap]], dtype=dtype)
+            for T in (1.0, 0.5):
+                out.append(_token_case(rng, f"{dtype}-confident-{gap:g}-T{T}", x, [0], {"temperature": T},
+                                       check="ulp"))
+        combos = [{}, {"return_entropy": False}, {"temperature": 0.7}, {"softcap": 4.0},
+                  {"softcap": 3.0, "temperature": 0.5}, {"ignored": -100},
+                  {"ignored": -1, "ignore_index": -1, "return_entropy": False},
+                  {"ignored": -100, "softcap": 5.0, "temperature": 1.5}]
+        for k, combo in enumerate(combos):
+            x = (rng.standard_normal((ROWS, CLASSES)) * 2).astype(dtype)
+            target = rng.integers(0, CLASSES, ROWS)
+            if "ignored" in combo:
+                target[::2] = combo["ignored"]
+            options = {key: value for key, value in combo.items() if key != "ignored"}
+            name = "-".join(f"{key}{value}" for key, value in combo.items()) or "plain"
+            out.append(_token_case(rng, f"{dtype}-{name}", x, target, options, jax=k in (0, 2, 4, 5, 6)))
+        x = (rng.standard_normal((2, 3, CLASSES)) * 3).astype(dtype)
+        target = rng.integers(0, CLASSES, (2, 3))
+        target[0, 1] = -100
+        out.append(_token_case(rng, f"{dtype}-batch-3d-T0.5", x, target, {"temperature": 0.5}, jax=False))
+        # special rows: partly masked, fully masked (0, gradient 0), two +inf entries (the target one of them:
+        # -log 2 and H = log 2; or not: -inf and the limit's gradient), an ignored row
+        x = np.array([[0.5, -inf, 1.0, -inf], [-inf, -inf, -inf, -inf], [inf, 0.0, inf, 1.0],
+                      [1.0, 2.0, 3.0, 4.0]], dtype=dtype)
+        for T in (1.0, 0.5):
+            out.append(_token_case(rng, f"{dtype}-special-rows-T{T}", x, [2, 1, 0, -100], {"temperature": T},
+                                   check="ulp", jax=T == 1.0))
+        out.append(_token_case(rng, f"{dtype}-special-rows-softcap", x, [2, 1, 0, -100], {"softcap": 2.0}))
+        out.append(_token_case(rng, f"{dtype}-infinite-target-not-inf", x[2:3], [1], check="ulp"))
+        out.append(_token_case(rng, f"{dtype}-all-ignored", x[3:], [-100], check="ulp"))
+        out.append(_token_case(rng, f"{dtype}-empty-batch", np.zeros((0, 4), dtype), np.zeros(0, np.int64)))
+    x = np.zeros((3, 4), dtype=np.float32)
+    bad = [("label-too-large", [0, 7, 2], {}, ("ValueError", "class index 7 at position (1,)")),
+           ("label-negative", [0, 1, -2], {}, ("ValueError", "class index -2 at position (2,)")),
+           ("probabilities", np.full((3, 4), 0.25, np.float32), {}, ("TypeError", "class indices")),
+           ("target-shape", [0, 1], {}, ("ValueError", "target")),
+           ("temperature-zero", [0, 1, 2], {"temperature": 0.0}, ("ValueError", "temperature")),
+           ("temperature-nan", [0, 1, 2], {"temperature": float("nan")}, ("ValueError", "temperature")),
+           ("softcap", [0, 1, 2], {"softcap": 0.0}, ("ValueError", "softcap"))]
+    for name, target, options, error in bad:
+        case = _token_case(rng, f"error-{name}", x, [0, 1, 2], options, error=error)
+        if name == "target-shape":  # the distributed form names its own argument: local_logits
+            case.layers = tuple(layer for layer in case.layers if not layer.startswith("dist"))
+        case.arrays["target"] = np.asarray(target)
+        out.append(case)
+    return out
+
+
+# --- distillation_loss -------------------------------------------------------------------------------------------
+
+def distillation_cases() -> list[Case]:
+    """distillation_loss: the three divergences over the reductions and options, special rows, bad inputs.
+
+    The tolerance table ("close", as cross_entropy's grid), measured on the size of the terms an entry
+    adds where that is larger (oracle._divergence): where the models nearly agree a divergence and its
+    gradient cancel (log p_j - log q_j) in every algorithm. Options: temperature (2.0, 0.5, and 0.7 with jsd), beta (jsd: 0.2,
+    and the ends 0 and 1), a target marking ignored rows (the default and another ignore_index),
+    num_items. The Triton layer takes "none" and "mean" (the backward sweep and the forward's fused
+    gradient; "sum" is "mean"'s path with another scale).
+    """
+    rng = np.random.default_rng(16)
+    inf = np.inf
+    combos = [{}, {"temperature": 2.0}, {"target": -100}, {"target": -1, "ignore_index": -1, "temperature": 0.5}]
+    extra = {"jsd": [{"beta": 0.2}, {"beta": 0.0}, {"beta": 1.0, "temperature": 0.7}],
+             "kl": [{"num_items": 11}], "reverse_kl": [{"target": -100, "num_items": 0}]}
+    out = []
+    for dtype, divergence in itertools.product(("float32", "float64"), ("kl", "reverse_kl", "jsd")):
+        for combo, reduction in itertools.product(combos + extra[divergence], ("none", "mean", "sum")):
+            if "num_items" in combo and reduction != "mean":
+                continue
+            student = (rng.standard_normal((ROWS, CLASSES)) * 2).astype(dtype)
+            teacher = (rng.standard_normal((ROWS, CLASSES)) * 2).astype(dtype)
+            arrays = {"x": student, "teacher": teacher,
+                      "upstream": _upstream(rng, (ROWS,) if reduction == "none" else (), dtype)}
+            if "target" in combo:
+                target = rng.integers(0, CLASSES, ROWS)
+                target[::2] = combo["target"]
+                arrays["target"] = target
+            options = dict({k: v for k, v in combo.items() if k != "target"}, divergence=divergence,
+                           reduction=reduction)
+            name = "-".join(f"{key}{value}" for key, value in combo.items()) or "plain"
+            out.append(Case("distillation_loss", f"distillation_loss-{dtype}-{divergence}-{reduction}-{name}",
+                            arrays, options,
+                            layers=LAYERS if reduction != "sum" else tuple(k for k in LAYERS if k != "triton")))
+        # special rows: -inf entries where both models have them; where only the teacher has them (kl, jsd:
+        # p_j = 0, finite) or only the student (reverse_kl, jsd); a fully masked student row and a fully
+        # masked teacher row (0, counted by "mean")
+        student = (rng.standard_normal((5, 4)) * 2).astype(dtype)
+        teacher = (rng.standard_normal((5, 4)) * 2).astype(dtype)
+        student[0, 1] = teacher[0, 1] = -inf
+        if divergence != "reverse_kl":
+            teacher[1, [0, 3]] = -inf
+        if divergence != "kl":
+            student[2, 2] = -inf
+        student[3] = -inf
+        teacher[4] = -inf
+        for reduction in ("none", "mean"):
+            out.append(Case("distillation_loss", f"distillation_loss-{dtype}-{divergence}-special-rows-{reduction}", {
+                "x": student, "teacher": teacher,
+                "upstream": _upstream(rng, (5,) if reduction == "none" else (), dtype)},
+                {"divergence": divergence, "reduction": reduction, "temperature": 0.5}))
+        out.append(Case("distillation_loss", f"distillation_loss-{dtype}-{divergence}-all-ignored", {
+            "x": student[:2], "teacher": teacher[:2], "target": np.array([-100, -100]),
+            "upstream": _upstream(rng, (), dtype)}, {"divergence": divergence}))
+        out.append(Case("distillation_loss", f"distillation_loss-{dtype}-{divergence}-empty-batch", {
+            "x": student[:0], "teacher": teacher[:0], "upstream": _upstream(rng, (), dtype)},
+            {"divergence": divergence}))
+    x = np.zeros((3, 4), dtype=np.float32)
+    bad = [("divergence", {}, {"divergence": "kl2"}, ("ValueError", "divergence")),
+           ("beta-range", {}, {"divergence": "jsd", "beta": 1.5}, ("ValueError", "beta")),
+           ("beta-type", {}, {"divergence": "jsd", "beta": "half"}, ("TypeError", "beta")),
+           ("temperature", {}, {"temperature": 0.0}, ("ValueError", "temperature")),
+           ("reduction", {}, {"reduction": "avg"}, ("ValueError", "reduction")),
+           ("teacher-shape", {"teacher": np.zeros((3, 5), np.float32)}, {}, ("ValueError", "teacher_logits")),
+           ("label-too-large", {"target": np.array([0, 7, 2])}, {}, ("ValueError", "class index 7 at position (1,)")),
+           ("target-probabilities", {"target": np.full((3, 4), 0.25, np.float32)}, {}, ("TypeError", "class indices")),
+           ("num-items-reduction", {}, {"reduction": "sum", "num_items": 3}, ("ValueError", "num_items")),
+           ("num-items-negative", {}, {"num_items": -1}, ("ValueError", "num_items"))]
+    for name, arrays, options, error in bad:
+        out.append(Case("distillation_loss", f"distillation_loss-error-{name}", dict(
+            {"x": x, "teacher": x, "upstream": np.array(1.0)}, **arrays), options, error=error))
+    return out
+
+
 def all_cases() -> list[Case]:
-    cases = exactness_cases() + temperature_cases() + option_cases() + special_row_cases() + error_cases()
+    cases = (exactness_cases() + temperature_cases() + option_cases() + special_row_cases() + error_cases()
+             + token_cases() + distillation_cases())
     ids = [c.id for c in cases]
     assert len(ids) == len(set(ids)), "case ids must be unique"
     return cases

@@ -75,6 +75,26 @@ def run(name: str):
                 out["d_b"] = _f64(grads[2])
             return out
 
+    def token_log_probs(case):
+        import jax
+        import jax.numpy as jnp
+        import softxent.jax as sxj
+
+        a = case.arrays
+        options = dict(case.options)
+        entropy = options.pop("return_entropy", True)
+        with _context(case):
+            target = jnp.asarray(a["target"])
+            value, vjp = jax.vjp(lambda x: sxj.token_log_probs(x, target, return_entropy=entropy, **options),
+                                 jnp.asarray(a["x"]))
+            if entropy:  # both outputs' upstream gradients
+                (grad,) = vjp((jnp.asarray(a["upstream"]).astype(value[0].dtype),
+                               jnp.asarray(a["upstream_entropy"]).astype(value[1].dtype)))
+                return {"value": _f64(value[0]), "entropy": _f64(value[1]), "d_x": _f64(grad)}
+            (grad,) = vjp(jnp.asarray(a["upstream"]).astype(value.dtype))
+            return {"value": _f64(value), "d_x": _f64(grad)}
+
     if name in ("softmax", "log_softmax", "logsumexp"):
         return softmax_family
-    return {"cross_entropy": cross_entropy, "linear_cross_entropy": linear_cross_entropy}[name]
+    return {"cross_entropy": cross_entropy, "linear_cross_entropy": linear_cross_entropy,
+            "token_log_probs": token_log_probs}[name]

@@ -9,6 +9,10 @@ distributed callable runs on one rank of a gloo group (in tests/conformance/_con
 that rank's slice of the vocabulary and returns that rank's pieces; `merge` says how the ranks' pieces
 make the full result ("concat" along the class axis of that array, or "same" on every rank).
 
+Ops with more than one output name them in `values` ("value" first): those are held to the values'
+bounds, every other name is a gradient. `distributed_options` are the options an op's distributed form
+takes; a case with any other option does not run on the distributed layers.
+
 A new op joins by adding its cases to conformance_cases.py and one `register(Op(...))` here, with its
 oracle (tests/conformance/oracle.py).
 """
@@ -23,20 +27,23 @@ import jax_layer
 import numpy as np
 
 # torch-fused: softxent.torch's cross_entropy with its small-problem paths off, so that the fused CPU
-# kernel (which large problems run) takes the same small cases
+# kernel (which large problems run) takes the same small cases (token_log_probs and distillation_loss have
+# no small-problem path: their torch layer is the fused CPU kernel at every size)
 # jax: softxent.jax (jax_layer.py), when jax is installed
 LAYERS = ("numpy", "torch", "torch-fused", "triton", "jax", "dist1", "dist2")
 FUSED_OPS = ("cross_entropy",)
 WORLD = {"dist1": 1, "dist2": 2}
 # options the vocab-parallel losses take (no softcap, temperature: see their signatures)
-DISTRIBUTED_OPTIONS = {"weight", "ignore_index", "reduction", "label_smoothing", "z_loss", "chunk_size"}
+LOSS_DISTRIBUTED_OPTIONS = frozenset({"weight", "ignore_index", "reduction", "label_smoothing", "z_loss",
+                                      "chunk_size"})
 
 
 @dataclass
 class Case:
     op: str
     id: str
-    arrays: dict  # NumPy inputs by name ("x", "target", "weight", "w", "b") and "upstream"
+    arrays: dict  # NumPy inputs by name ("x", "target", "weight", "w", "b", "teacher") and the upstream
+    # gradients ("upstream"; "upstream_entropy" for token_log_probs' entropy)
     options: dict = field(default_factory=dict)
     check: str = "close"  # "ulp": API rule 11's bounds against the exact answer; "close": the tolerance table
     error: tuple | None = None  # (exception type name, words the message must hold): a bad-input case
@@ -62,6 +69,8 @@ class Op:
     jax: Callable[[Case], dict] | None = None
     merge: dict = field(default_factory=lambda: {"value": "same", "d_x": "concat"})
     vocab_axis: dict = field(default_factory=lambda: {"d_x": -1})  # the class axis of each "concat" array
+    values: tuple = ("value",)  # the outputs (held to the values' bounds); every other name is a gradient
+    distributed_options: frozenset = LOSS_DISTRIBUTED_OPTIONS
 
 
 OPS: dict[str, Op] = {}
@@ -88,9 +97,7 @@ def supports(case: Case, layer: str) -> bool:
         light = case.dtype != "float64" or case.check == "ulp" or case.error is not None
         return op.jax is not None and "torch" in case.layers and light and importlib.util.find_spec("jax") is not None
     if layer in WORLD:
-        options = case.options
-        return (op.distributed is not None and set(options) <= DISTRIBUTED_OPTIONS
-                and options.get("softcap") is None and options.get("temperature", 1.0) == 1.0)
+        return op.distributed is not None and set(case.options) <= op.distributed_options
     return True
 
 
@@ -299,3 +306,110 @@ register(Op("linear_cross_entropy", numpy=_linear_numpy, torch=_linear_torch, ex
             distributed=_linear_distributed,
             merge={"value": "same", "d_x": "same", "d_w": "concat", "d_b": "concat"},
             vocab_axis={"d_w": 0, "d_b": 0}))
+
+
+# --- token_log_probs --------------------------------------------------------------------------------------------
+# options: temperature, softcap, ignore_index and return_entropy (True: "entropy" is an output, with the
+# upstream gradient "upstream_entropy"); "upstream" is the log-probabilities' upstream gradient
+
+def _token_options(case: Case) -> tuple[dict, bool]:
+    options = dict(case.options)
+    return options, options.pop("return_entropy", True)
+
+
+def _token_result(lp, h, grad) -> dict:
+    out = {"value": _f64(lp), "d_x": _f64(grad)}
+    if h is not None:
+        out["entropy"] = _f64(h)
+    return out
+
+
+def _token_numpy(case: Case) -> dict:
+    import softxent as sx
+
+    a = case.arrays
+    options, entropy = _token_options(case)
+    out = sx.token_log_probs(a["x"], a["target"], return_entropy=entropy, return_grad=True,
+                             grad_log_probs=a["upstream"], grad_entropy=a["upstream_entropy"] if entropy else None,
+                             **options)
+    return _token_result(out[0], out[1] if entropy else None, out[-1])
+
+
+def _token_backward(case: Case, x, outputs, entropy: bool) -> dict:
+    """Backward of (lp . upstream + H . upstream_entropy): both outputs' random upstream gradients."""
+    import torch
+
+    a = case.arrays
+    lp, h = outputs if entropy else (outputs, None)
+    ups = [_tensor(a["upstream"]).to(lp.dtype)] + ([_tensor(a["upstream_entropy"]).to(h.dtype)] if entropy else [])
+    torch.autograd.backward([lp, h] if entropy else [lp], ups)
+    return _token_result(lp, h, _grad_or_zeros(x))
+
+
+def _token_torch(case: Case) -> dict:
+    import softxent.torch as sxt
+
+    options, entropy = _token_options(case)
+    x = _tensor(case.arrays["x"], requires_grad=True)
+    outputs = sxt.token_log_probs(x, _tensor(case.arrays["target"]), return_entropy=entropy, **options)
+    return _token_backward(case, x, outputs, entropy)
+
+
+def _token_distributed(case: Case, rank: int, world: int) -> dict:
+    from softxent.torch.distributed import vocab_parallel_token_log_probs
+
+    options, entropy = _token_options(case)
+    sizes = case.sizes(world, case.arrays["x"].shape[-1])
+    start = sum(sizes[:rank])
+    local = _tensor(case.arrays["x"][..., start:start + sizes[rank]], requires_grad=True)
+    outputs = vocab_parallel_token_log_probs(local, _tensor(case.arrays["target"]), return_entropy=entropy,
+                                             **options)
+    return _token_backward(case, local, outputs, entropy)
+
+
+def _token_exact(case: Case) -> dict:
+    from oracle import token_log_probs_family
+
+    a = case.arrays
+    options, entropy = _token_options(case)
+    return token_log_probs_family(a["x"], a["target"], a["upstream"], a.get("upstream_entropy"),
+                                  return_entropy=entropy, **options)
+
+
+register(Op("token_log_probs", numpy=_token_numpy, torch=_token_torch, exact=_token_exact,
+            distributed=_token_distributed, jax=jax_layer.run("token_log_probs"),
+            merge={"value": "same", "entropy": "same", "d_x": "concat"}, values=("value", "entropy"),
+            distributed_options=frozenset({"temperature", "ignore_index", "return_entropy"})))
+
+
+# --- distillation_loss -------------------------------------------------------------------------------------------
+# "x" the student's logits, "teacher" the teacher's, "target" (optional) the rows' class indices; options:
+# divergence, beta, temperature, ignore_index, reduction, num_items. No distributed or JAX form yet.
+
+def _distill_numpy(case: Case) -> dict:
+    import softxent as sx
+
+    a, opts = case.arrays, case.options
+    loss, grad = sx.distillation_loss(a["x"], a["teacher"], target=a.get("target"), return_grad=True, **opts)
+    batch = a["x"].ndim - 1 if opts.get("reduction", "mean") == "none" else 0
+    return {"value": _f64(loss), "d_x": _f64(_times_upstream(grad, a["upstream"], batch))}
+
+
+def _distill_torch(case: Case) -> dict:
+    import softxent.torch as sxt
+
+    a = case.arrays
+    x = _tensor(a["x"], requires_grad=True)
+    loss = sxt.distillation_loss(x, _tensor(a["teacher"]), target=_tensor(a.get("target")), **case.options)
+    loss.backward(_tensor(a["upstream"].astype(a["x"].dtype)))
+    return {"value": _f64(loss), "d_x": _grad_or_zeros(x)}
+
+
+def _distill_exact(case: Case) -> dict:
+    from oracle import distillation_family
+
+    a = case.arrays
+    return distillation_family(a["x"], a["teacher"], a["upstream"], target=a.get("target"), **case.options)
+
+
+register(Op("distillation_loss", numpy=_distill_numpy, torch=_distill_torch, exact=_distill_exact))

@@ -323,3 +323,162 @@ def linear_cross_entropy_family(x, w, b, target, upstream, **options) -> dict:
         if b is not None:
             out["d_b"] = to_exact([mpmath.fsum(G[i, j] for i in range(n)) for j in range(c)])
         return out
+
+
+# --- token log-probabilities and entropy --------------------------------------------------------------------
+
+def _entropy(row: Row):
+    """H = sum_j p_j (-log p_j) of the row's softmax, 0 log 0 = 0 (log k for k +inf entries)."""
+    return mpmath.fsum(row.p(j) * row.neg_log_p(j) for j in range(row.n) if row.p(j) != 0)
+
+
+def exact_log_prob_and_entropy(row: np.ndarray, t: int, temperature: float = 1.0, softcap: float | None = None):
+    """(log p_t, H) of one finite row of logits, as mpmath numbers at DIGITS digits."""
+    with mpmath.workdps(DIGITS):
+        r = Row(row, softcap, temperature)
+        return -r.neg_log_p(t), _entropy(r)
+
+
+def token_log_probs_family(x: np.ndarray, target: np.ndarray, upstream: np.ndarray, upstream_entropy=None, *,
+                           temperature: float = 1.0, softcap: float | None = None, ignore_index: int = -100,
+                           return_entropy: bool = True) -> dict:
+    """Exact log p_t and H per row, and the gradient of ``g . log p + h . H`` (g, h the upstreams).
+
+    From first principles, on the scores s of `Row`: d log p_t / ds_j = [j = t] - p_j (the target's
+    1 - p_t without cancellation: `Row.one_minus_p`), dH / ds_j = p_j (-log p_j - H); then the chain
+    rule to the logits (`Row.chain`: 1/T, the soft cap's 1 - tanh^2, 0 at a -inf mask). Ignored and
+    fully masked rows give 0 and a zero gradient; +inf rows the limit (p = 1/k on the +inf entries, H =
+    log k). "scale:d_x" is the size of the terms each entry adds, |g| |[j = t] - p_j| + |h| p_j (-d_j + E)
+    with d the shifted scores and E = H - L: a random upstream makes the two parts cancel wherever they
+    nearly meet, whatever the algorithm (as softmax_family's).
+    """
+    with mpmath.workdps(DIGITS):
+        c = x.shape[-1]
+        rows = _rows(x, softcap, temperature)
+        labels = np.asarray(target).reshape(-1)
+        g = [mpmath.mpf(float(v)) for v in np.ravel(upstream)]
+        h = [mpmath.mpf(float(v)) for v in np.ravel(upstream_entropy)] if return_entropy else [0] * len(rows)
+        zero = mpmath.mpf(0)
+        lps, ents, grads, scale = [], [], [], np.zeros((len(rows), c))
+        for i, r in enumerate(rows):
+            t = int(labels[i])
+            if t == ignore_index or r.kind == "masked":
+                lps.append(zero)
+                ents.append(zero)
+                grads.append([zero] * c)
+                continue
+            ent = _entropy(r)
+            lps.append(-r.neg_log_p(t))
+            ents.append(ent)
+            row_grad = []
+            for j in range(c):
+                p = r.p(j)
+                d_lp = r.one_minus_p(t) if j == t else -p
+                d_h = p * (r.neg_log_p(j) - ent) if p != 0 else zero
+                chain = r.chain(j)
+                row_grad.append((g[i] * d_lp + h[i] * d_h) * chain)
+                spread = (-r.s[j] + ent - r.log_sum) if r.kind == "finite" and p != 0 else zero
+                scale[i, j] = float((abs(g[i] * d_lp) + abs(h[i]) * p * spread) * abs(chain))
+            grads.append(row_grad)
+        batch = np.asarray(target).shape
+        out = {"value": to_exact(np.asarray(lps, dtype=object).reshape(batch)),
+               "d_x": to_exact(np.asarray(grads, dtype=object).reshape(x.shape)), "scale:d_x": scale.reshape(x.shape)}
+        if return_entropy:
+            out["entropy"] = to_exact(np.asarray(ents, dtype=object).reshape(batch))
+        return out
+
+
+# --- distillation ------------------------------------------------------------------------------------------
+
+def _log_probs(row: Row) -> list:
+    return [-row.neg_log_p(j) for j in range(row.n)]
+
+
+def _divergence(name: str, beta, q: list, log_q: list, p: list, log_p: list):
+    """(D, dD/du, the size of D's terms, the size of each dD/du_j's terms) of one row, u the student's
+    scores, from first principles (0 log 0 = 0):
+
+    kl: D = sum p (log p - log q), dD/du_j = q_j - p_j; reverse_kl: D = sum q (log q - log p),
+    dD/du_j = q_j (log q_j - log p_j - D); jsd: D = beta KL(p || m) + (1 - beta) KL(q || m) with
+    m = beta p + (1 - beta) q, whose derivative in q_j is (1 - beta)(log q_j - log m_j) (the other terms
+    sum to 0), and dD/du_j = q_j (G_j - sum_k q_k G_k) through the softmax.
+
+    The sizes are the magnitudes the layers add and subtract (|log p_j| + |log q_j|, not their
+    difference): where the models nearly agree D and its gradient cancel in every algorithm, so an entry
+    is held to the ulp bound of its value or to that many eps of these sizes, whichever is larger.
+    """
+    n = len(q)
+    zero = mpmath.mpf(0)
+
+    def size(weights, *logs):  # sum_j w_j (|log a_j| + |log b_j|), 0 where w_j = 0
+        return mpmath.fsum(weights[j] * sum(abs(lg[j]) for lg in logs) for j in range(n) if weights[j] != 0)
+
+    if name == "kl":
+        value = mpmath.fsum(p[j] * (log_p[j] - log_q[j]) for j in range(n) if p[j] != 0)
+        return value, [q[j] - p[j] for j in range(n)], size(p, log_p, log_q), [q[j] + p[j] for j in range(n)]
+    if name == "reverse_kl":
+        value = mpmath.fsum(q[j] * (log_q[j] - log_p[j]) for j in range(n) if q[j] != 0)
+        grad = [q[j] * (log_q[j] - log_p[j] - value) if q[j] != 0 else zero for j in range(n)]
+        sizes = [q[j] * (abs(log_q[j]) + abs(log_p[j]) + abs(value)) if q[j] != 0 else zero for j in range(n)]
+        return value, grad, size(q, log_q, log_p), sizes
+    m = [beta * p[j] + (1 - beta) * q[j] for j in range(n)]
+    log_m = [mpmath.log(v) if v != 0 else -INF for v in m]
+    to_p = mpmath.fsum(p[j] * (log_p[j] - log_m[j]) for j in range(n) if p[j] != 0)
+    to_q = mpmath.fsum(q[j] * (log_q[j] - log_m[j]) for j in range(n) if q[j] != 0)
+    G = [(1 - beta) * (log_q[j] - log_m[j]) if q[j] != 0 else zero for j in range(n)]
+    G_size = [(1 - beta) * (abs(log_q[j]) + abs(log_m[j])) if q[j] != 0 else zero for j in range(n)]
+    mean = mpmath.fsum(q[j] * G[j] for j in range(n))
+    mean_size = mpmath.fsum(q[j] * G_size[j] for j in range(n))
+    return (beta * to_p + (1 - beta) * to_q, [q[j] * (G[j] - mean) for j in range(n)],
+            beta * size(p, log_p, log_m) + (1 - beta) * size(q, log_q, log_m),
+            [q[j] * (G_size[j] + mean_size) for j in range(n)])
+
+
+def distillation_family(student: np.ndarray, teacher: np.ndarray, upstream: np.ndarray, *, divergence="kl",
+                        beta=0.5, temperature=1.0, target=None, ignore_index=-100, reduction="mean",
+                        num_items=None) -> dict:
+    """The exact loss T^2 D(p, q) per row (p the teacher's softmax, q the student's, both at T) and
+    d(upstream . loss)/d(student): T^2 dD/du times du/dx = 1/T. Rows whose target is ignore_index give 0
+    and are not counted; a row of -inf logits (either model) gives 0 and is counted; "mean" divides by
+    the rows counted or num_items, a zero denominator giving 0. "scale:value" and "scale:d_x": the sizes
+    of the terms (`_divergence`), through the same factors."""
+    with mpmath.workdps(DIGITS):
+        c = student.shape[-1]
+        qs, ps = _rows(student, None, temperature), _rows(teacher, None, temperature)
+        labels = None if target is None else np.asarray(target).reshape(-1)
+        beta, T = mpmath.mpf(float(beta)), mpmath.mpf(float(temperature))
+        zero = mpmath.mpf(0)
+        losses, grads, loss_sizes, grad_sizes, counted = [], [], [], [], 0
+        for i, (q, p) in enumerate(zip(qs, ps)):
+            kept = labels is None or int(labels[i]) != ignore_index
+            counted += kept
+            if not kept or q.kind == "masked" or p.kind == "masked":
+                losses.append(zero)
+                loss_sizes.append(zero)
+                grads.append([zero] * c)
+                grad_sizes.append([zero] * c)
+                continue
+            value, d, value_size, d_size = _divergence(divergence, beta, [q.p(j) for j in range(c)], _log_probs(q),
+                                                       [p.p(j) for j in range(c)], _log_probs(p))
+            losses.append(T * T * value)
+            loss_sizes.append(T * T * value_size)
+            grads.append([T * T * d[j] * q.chain(j) for j in range(c)])
+            grad_sizes.append([T * T * d_size[j] * abs(q.chain(j)) for j in range(c)])
+        up = [mpmath.mpf(float(v)) for v in np.ravel(upstream)]
+        if reduction == "none":
+            factors = up
+            value, value_size = losses, [abs(u) * s for u, s in zip(up, loss_sizes)]
+        else:
+            denominator = mpmath.mpf(counted if num_items is None else int(num_items))
+            factor = (1 / denominator if denominator != 0 else zero) if reduction == "mean" else mpmath.mpf(1)
+            factors = [up[0] * factor] * len(losses)
+            value = mpmath.fsum(losses) * factor
+            value_size = abs(factor) * mpmath.fsum(loss_sizes)
+        grad = [[f * d for d in row] for f, row in zip(factors, grads)]
+        grad_size = [[float(abs(f) * d) for d in row] for f, row in zip(factors, grad_sizes)]
+        batch = student.shape[:-1] if reduction == "none" else ()
+        return {"value": to_exact(np.asarray(value, dtype=object).reshape(batch)),
+                "scale:value": np.asarray([float(s) for s in np.ravel(np.asarray(value_size, dtype=object))],
+                                          dtype=np.float64).reshape(batch),
+                "d_x": to_exact(np.asarray(grad, dtype=object).reshape(student.shape)),
+                "scale:d_x": np.asarray(grad_size, dtype=np.float64).reshape(student.shape)}

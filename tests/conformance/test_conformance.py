@@ -13,8 +13,13 @@ Oracles and bounds, against the exact (mpmath) answer:
   logsumexp and cross_entropy (the target's p_t - 1 included) and for softmax's values (the gradient of
   logsumexp); softmax and log_softmax vector-Jacobian products, whose random upstream gradient makes
   them cancel, within 4 ulp of the result or 4 eps of the terms they add (oracle.softmax_family).
-- "close" cases (the option grid, the linear head): the tolerance table of tests/compare.py (the linear
-  head's float32 logits carry the matmul's rounding: 4 times the table).
+- "close" cases (the option grid, the linear head, distillation): the tolerance table of tests/compare.py
+  (the linear head's float32 logits carry the matmul's rounding: 4 times the table); where the oracle
+  gives the size of the terms an entry adds ("scale:<name>": token_log_probs' gradient, distillation's
+  values and gradient, which cancel where the terms nearly meet), the table's rtol is taken on that size
+  when it is the larger.
+- token_log_probs "ulp" cases: log p_t and H within rule 11's 2 / 4 ulp; every gradient entry within 4 ulp
+  or 4 eps of the terms it adds (the log-probabilities' and the entropy's random upstream gradients meet).
 - bad inputs: the NumPy layer's exception is the reference; every layer raises the same type with the
   same message (distributed ranks: the same message, for the same reason).
 
@@ -39,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compare import assert_close
+from compare import TOLERANCE, assert_close
 from conformance_cases import all_cases
 from oracle import ulp_distance
 from ops_registry import FUSED_OPS, LAYERS, OPS, WORLD, supports
@@ -59,7 +64,33 @@ _JAX_SUBNORMAL = ("softxent.jax: XLA's CPU backend flushes subnormal results to 
 _JAX_LSE_NEAR_ZERO = ("softxent.jax float32: lse = m + L cancels when it is near 0, an error up to 1/2 ulp of |m| "
                       "(float64 work, which the other layers use, is not there without x64)")
 _JAX_COLD_DOMINANT = "softxent.jax float32 at T = 0.25 on a dominant row: beyond rule 11's bound (not yet diagnosed)"
+_TOKEN_SUBNORMAL = ("token_log_probs: the entropy's gradient p_j ((-d_j) - E) multiplies a subnormal p_j, already "
+                    "rounded to the subnormal spacing, by |d_j| ~ 100 (float32) / 740 (float64): 50-200 ulp off, "
+                    "where no wider precision holds p_j (float64 everywhere; the float32 work of the torch, "
+                    "Triton and vocab-parallel kernels)")
+_TOKEN_FLOAT32 = ("token_log_probs float32 (torch CPU, Triton, vocab-parallel kernels): p = exp(d - L) is worked "
+                  "in float32, so the rounding of d - L (|d| eps / 2) comes back as |d| eps / 2 relative in p: "
+                  "5-8 ulp in the gradient at |d| ~ 10-90 (cross_entropy's CPU kernel works float32 logits in "
+                  "float64 for this reason: torch_cpu.work_dtype)")
+_TARGET_MESSAGE = ("softxent.torch words a probabilities target differently from NumPy and JAX ('target must hold "
+                   "class indices of shape (3,); got probabilities ...' against '... (the shape of logits without "
+                   "the class axis, an integer dtype); got probabilities of shape (3, 4)')")
+_DIST_TARGET_MESSAGE = ("vocab_parallel_token_log_probs words a probabilities target its own way ('global class ids "
+                        "of shape local_logits.shape[:-1]; got probabilities', without the shape it got)")
 KNOWN_BUGS: dict[tuple[str, str], str] = {
+    **{(f"token_log_probs-{dtype}-{name}", layer): _TOKEN_SUBNORMAL
+       for dtype, layers in (("float32", ("torch", "triton", "dist1", "dist2")),
+                             ("float64", ("numpy", "torch", "dist1", "dist2")))
+       for layer in layers for name in ("subnormal-probability", "subnormal-probability-target")},
+    **{(f"token_log_probs-float32-{name}", "jax"): _JAX_SUBNORMAL
+       for name in ("subnormal-probability", "subnormal-probability-target", "confident-25-T0.5",
+                    "confident-45-T1.0", "confident-45-T0.5")},
+    **{(f"token_log_probs-float32-confident-{name}", layer): _TOKEN_FLOAT32
+       for layer in ("torch", "triton", "dist1", "dist2")
+       for name in ("10-T1.0", "25-T0.5", "45-T1.0", "45-T0.5")},
+    **{(f"{op}-error-{name}", layer): _TARGET_MESSAGE for layer in ("torch", "triton")
+       for op, name in (("token_log_probs", "probabilities"), ("distillation_loss", "target-probabilities"))},
+    **{("token_log_probs-error-probabilities", layer): _DIST_TARGET_MESSAGE for layer in ("dist1", "dist2")},
     **{(f"{op}-{dtype}-{name}", "jax"): _JAX_SUBNORMAL for dtype in ("float32", "float64")
        for op in ("logsumexp", "log_softmax", "softmax")
        for name in ("subnormal-probability", "subnormal-probability-target")},
@@ -244,13 +275,20 @@ def _compare(case, layer, result):
         assert name in want, f"{name} has no exact answer"
         assert actual.shape == want[name].shape, f"{name}: shape {actual.shape} != exact {want[name].shape}"
         if case.check == "ulp":
-            if name == "value":
-                _check_ulp(f"{layer} {name}", actual, want[name], case.dtype, _value_bound(case))
+            if name in OPS[case.op].values:
+                _check_ulp(f"{layer} {name}", actual, want[name], case.dtype, _value_bound(case),
+                           want.get(f"scale:{name}"))
             else:
                 _check_ulp(f"{layer} {name}", actual, want[name], case.dtype, 4.0, want.get(f"scale:{name}"))
         else:
             scale = 4.0 if case.op == "linear_cross_entropy" and case.dtype == "float32" else 1.0
-            assert_close(actual, want[name].hi, dtype=case.dtype, what=f"{layer} {name}", scale=scale)
+            expected = want[name].hi
+            if f"scale:{name}" in want:  # the table's rtol on the size of the terms an entry adds, where larger
+                rtol, atol = TOLERANCE[case.dtype]
+                with np.errstate(invalid="ignore"):
+                    within = np.abs(actual - expected) <= scale * (atol + rtol * want[f"scale:{name}"])
+                expected = np.where(within, actual, expected)  # those entries pass; the table judges the rest
+            assert_close(actual, expected, dtype=case.dtype, what=f"{layer} {name}", scale=scale)
 
 
 def _params():

@@ -3,26 +3,13 @@ against float64 torch autograd, properties, and argument errors."""
 
 from __future__ import annotations
 
-import mpmath
 import numpy as np
 import pytest
 import torch
 
 import softxent as sx
 from compare import assert_close, ulp_error
-
-
-def exact_log_prob_and_entropy(row: np.ndarray, t: int, temperature: float = 1.0):
-    """mpmath at 60 digits from the row's float values (exact): the textbook formulas, with the sum's
-    tail taken through log1p (1 + 1e-70 would round to 1 even at 60 digits)."""
-    with mpmath.workdps(60):
-        z = [mpmath.mpf(float(v)) / temperature for v in row]
-        m = max(z)
-        first = z.index(m)
-        log_sum = mpmath.log1p(mpmath.fsum(mpmath.exp(v - m) for j, v in enumerate(z) if j != first))
-        log_p = [v - m - log_sum for v in z]
-        entropy = -mpmath.fsum(mpmath.exp(lp) * lp for lp in log_p)
-        return log_p[t], entropy
+from conformance.oracle import exact_log_prob_and_entropy  # the token tests' oracle (mpmath), one for all
 
 
 def confident_rows(dtype):
