@@ -182,3 +182,42 @@ def test_compile_dynamic_fullgraph_matches_eager_without_a_recompile_per_batch_s
     assert frames[0] >= 1 and frames == frames[:1] * 3  # compiled once, then reused
     with pytest.raises(ValueError, match="class index 17"):
         compiled(torch.zeros(6, 17), torch.zeros(6, 17), torch.tensor([0, 1, 2, 17, 4, 5]), torch.ones(6))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_linear_compile_dynamic_fullgraph_matches_eager_without_a_recompile_per_batch_size(reduction):
+    """linear_distillation_loss under torch.compile(dynamic=True, fullgraph=True): its sweep runs as a
+    custom op, the chunk chosen inside it; the student's gradients as eager, a bad label refused."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+
+    def step(x, w, b, tx, tw, t, up):
+        loss = sxt.linear_distillation_loss(x, w, tx, tw, student_bias=b, divergence="reverse_kl", target=t,
+                                            temperature=1.5, reduction=reduction)
+        return (loss * up).sum() if reduction == "none" else loss
+
+    compiled = torch.compile(step, backend=counter, dynamic=True, fullgraph=True)
+    frames = []
+    for rows in (6, 12, 30):
+        gen = torch.Generator().manual_seed(rows)
+        leaves = [torch.randn(rows, 7, generator=gen), torch.randn(19, 7, generator=gen), torch.randn(19, generator=gen)]
+        tx, tw = torch.randn(rows, 5, generator=gen), torch.randn(19, 5, generator=gen)
+        t = torch.randint(0, 19, (rows,), generator=gen)
+        t[::4] = -100
+        up = torch.randn(rows, generator=gen)
+        ours = [a.clone().requires_grad_() for a in leaves]
+        eager = [a.clone().requires_grad_() for a in leaves]
+        value = compiled(*ours, tx, tw, t, up)
+        value.backward()
+        expected = step(*eager, tx, tw, t, up)
+        expected.backward()
+        assert_close(value.detach(), expected.detach(), what="compiled loss vs eager")
+        for name, a, b in zip(("dx", "dw", "db"), ours, eager):
+            assert_close(a.grad, b.grad, what=f"compiled {name} vs eager")
+        frames.append(counter.frame_count)
+    assert frames[0] >= 1 and frames == frames[:1] * 3
+    with pytest.raises(ValueError, match="class index 19"):
+        compiled(torch.zeros(6, 7), torch.zeros(19, 7), torch.zeros(19), torch.zeros(6, 5), torch.zeros(19, 5),
+                 torch.tensor([0, 1, 2, 19, 4, 5]), torch.ones(6))

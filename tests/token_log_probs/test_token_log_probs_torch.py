@@ -224,3 +224,36 @@ def test_compile_dynamic_fullgraph_matches_eager_without_a_recompile_per_batch_s
     assert frames[0] >= 1 and frames == frames[:1] * 3  # compiled once, then reused
     with pytest.raises(ValueError, match="class index 17"):
         compiled(torch.zeros(6, 17), torch.tensor([0, 1, 2, 17, 4, 5]), torch.ones(6), torch.ones(6))
+
+
+def test_linear_compile_dynamic_fullgraph_matches_eager_without_a_recompile_per_batch_size():
+    """linear_token_log_probs under torch.compile(dynamic=True, fullgraph=True): its two sweeps run as
+    custom ops, the chunk chosen inside them; gradients of input, weight and bias as eager."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+
+    def step(x, w, b, t, up, up_h):
+        lp, h = sxt.linear_token_log_probs(x, w, t, linear_bias=b, return_entropy=True, temperature=0.9)
+        return (lp * up + h * up_h).sum()
+
+    compiled = torch.compile(step, backend=counter, dynamic=True, fullgraph=True)
+    frames = []
+    for rows in (6, 12, 30):
+        gen = torch.Generator().manual_seed(rows)
+        leaves = [torch.randn(rows, 7, generator=gen), torch.randn(19, 7, generator=gen), torch.randn(19, generator=gen)]
+        t = torch.randint(0, 19, (rows,), generator=gen)
+        t[::5] = -100
+        up, up_h = torch.randn(rows, generator=gen), torch.randn(rows, generator=gen)
+        ours = [a.clone().requires_grad_() for a in leaves]
+        eager = [a.clone().requires_grad_() for a in leaves]
+        compiled(*ours, t, up, up_h).backward()
+        step(*eager, t, up, up_h).backward()
+        for name, a, b in zip(("dx", "dw", "db"), ours, eager):
+            assert_close(a.grad, b.grad, what=f"compiled {name} vs eager")
+        frames.append(counter.frame_count)
+    assert frames[0] >= 1 and frames == frames[:1] * 3
+    with pytest.raises(ValueError, match="class index 19"):
+        compiled(torch.zeros(6, 7), torch.zeros(19, 7), torch.zeros(19), torch.tensor([0, 1, 2, 19, 4, 5]),
+                 torch.ones(6), torch.ones(6))

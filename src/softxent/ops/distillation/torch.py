@@ -271,18 +271,25 @@ def linear_distillation_loss(student_input: torch.Tensor, student_weight: torch.
             raise ValueError(f"{name} must be on {student_input.device}; got {tensor.device}")
     num_classes, features = student_weight.shape
     _check_target(target, student_input.shape[:-1], num_classes, problem, student_input, check_labels)
-    rows = student_input.numel() // max(1, features)
-    # two chunks of logits live at once (student's and teacher's), together 3/16 of the gradients' size
-    # (linear_cross_entropy's one chunk is 1/4): the peak stays within 1.3x the gradients, and the chunks
-    # are not so small that reading W and dW once per chunk dominates (72 rows: the products 1.8x slower)
-    chunk = chunk_size or max(1, choose_chunk_size(rows, num_classes, features, student_input.dtype,
-                                                   student_input.device) * 3 // 8)
+    compiling = torch.compiler.is_compiling()
+    # compiled, the chunk is chosen inside the op from the actual shapes (0): no recompile per size
+    chunk = chunk_size or (0 if compiling else _default_chunk(student_input, student_weight))
     needs = tuple(t is not None and t.requires_grad for t in (student_input, student_weight, student_bias))
     want_grad = torch.is_grad_enabled() and any(needs)
-    plan = _LinearPlan(problem, max(1, min(chunk, max(1, rows))), want_grad)
+    plan = _LinearPlan(problem, chunk, want_grad, bool(check_labels) and compiling)
     return _LinearDistillation.apply(student_input, student_weight, student_bias, teacher_input.detach(),
                                      teacher_weight.detach(), None if teacher_bias is None else teacher_bias.detach(),
                                      target, plan)
+
+
+def _default_chunk(input, weight) -> int:
+    """Rows per chunk: two chunks of logits live at once (student's and teacher's), together 3/16 of the
+    gradients' size (linear_cross_entropy's one chunk is 1/4): the peak stays within 1.3x the gradients,
+    and the chunks are not so small that reading W and dW once per chunk dominates (72 rows: the
+    products 1.8x slower)."""
+    num_classes, features = weight.shape
+    rows = input.numel() // max(1, features)
+    return max(1, min(rows, choose_chunk_size(rows, num_classes, features, input.dtype, input.device) * 3 // 8))
 
 
 def _check_head(input, weight, bias, who: str) -> None:
@@ -312,17 +319,17 @@ def _check_head(input, weight, bias, who: str) -> None:
 @dataclass
 class _LinearPlan:
     problem: _Problem
-    chunk: int
+    chunk: int  # rows per chunk; 0: chosen inside the compiled op
     want_grad: bool
+    check: bool = False  # check the labels inside an op (compiled only)
 
 
 def _logits(x, w, b, out):
     return torch.addmm(b, x, w.t(), out=out) if b is not None else torch.mm(x, w.t(), out=out)
 
 
-def _linear_sweep(sx, sw, sb, tx, tw, tb, kept, plan: _LinearPlan, row_scale, needs):
+def _linear_sweep(sx, sw, sb, tx, tw, tb, kept, problem: _Problem, chunk: int, row_scale, needs):
     """Chunks of rows: both heads' logits, the row kernel, and (row_scale given) the student's gradients."""
-    problem = plan.problem
     num_classes, features = sw.shape
     num_rows = sx.shape[0]
     dtype, device = sx.dtype, sx.device
@@ -334,25 +341,56 @@ def _linear_sweep(sx, sw, sb, tx, tw, tb, kept, plan: _LinearPlan, row_scale, ne
     dx = torch.empty_like(sx) if need_dx else None
     dw = torch.zeros(sw.shape, dtype=acc if wide else dtype, device=device) if need_dw else None
     db = torch.zeros(num_classes, dtype=acc, device=device) if need_db and sb is not None else None
-    size = min(plan.chunk, max(1, num_rows))
-    s_buffer = torch.empty(size, num_classes, dtype=dtype, device=device)
-    t_buffer = torch.empty(size, num_classes, dtype=tx.dtype, device=device)
-    slice_rows = max(64, (plan.chunk * num_classes) // (4 * max(1, features)))
+    chunk = max(1, min(chunk or _default_chunk(sx, sw), max(1, num_rows)))
+    s_buffer = torch.empty(chunk, num_classes, dtype=dtype, device=device)
+    t_buffer = torch.empty(chunk, num_classes, dtype=tx.dtype, device=device)
+    slice_rows = max(64, (chunk * num_classes) // (4 * max(1, features)))
     per_row = want and row_scale.dim() > 0
-    for lo in range(0, num_rows, plan.chunk):
-        hi = min(lo + plan.chunk, num_rows)
+    for lo in range(0, num_rows, chunk):
+        hi = min(lo + chunk, num_rows)
         s_logits = _logits(sx[lo:hi], sw, sb, s_buffer[: hi - lo])
         t_logits = _logits(tx[lo:hi], tw, tb, t_buffer[: hi - lo])
         scale = (row_scale[lo:hi] if per_row else row_scale) if want else None
         # the student's chunk becomes d(loss)/d(logits) in place
-        losses[lo:hi] = distill_rows(s_logits, t_logits, kept[lo:hi], problem.divergence, problem.beta,
-                                     problem.temperature, row_scale=scale, grad_out=s_logits if want else None)
+        losses[lo:hi] = _eager_distill_rows(s_logits, t_logits, kept[lo:hi], problem.divergence, problem.beta,
+                                            problem.temperature, scale, s_logits if want else None)
         if not want:
             continue
         fold_chunk(s_logits, sx[lo:hi], sw, None if dx is None else dx[lo:hi], dw, db, wide=wide,
                    slice_rows=slice_rows, acc=acc)
     grads = (dx, None if dw is None else dw.to(sw.dtype), None if db is None else db.to(sb.dtype))
     return losses, grads
+
+
+def _sweep(sx, sw, sb, tx, tw, tb, kept, problem: _Problem, chunk: int, row_scale, needs):
+    """`_linear_sweep`, as a custom op under torch.compile (its loop and kernel branch on shapes and data)."""
+    if not torch.compiler.is_compiling():
+        return _linear_sweep(sx, sw, sb, tx, tw, tb, kept, problem, chunk, row_scale, needs)
+    wanted = [row_scale is not None and need for need in needs]
+    losses, *grads = torch.ops.softxent.linear_distill_sweep(
+        sx, sw, sb, tx, tw, tb, kept, problem.divergence, problem.beta, problem.temperature, chunk, row_scale, *wanted)
+    wanted[2] = wanted[2] and sb is not None
+    return losses, tuple(g if want else None for g, want in zip(grads, wanted))
+
+
+@torch.library.custom_op("softxent::linear_distill_sweep", mutates_args=())
+def _sweep_op(sx: torch.Tensor, sw: torch.Tensor, sb: torch.Tensor | None, tx: torch.Tensor, tw: torch.Tensor,
+              tb: torch.Tensor | None, kept: torch.Tensor, divergence: str, beta: float, temperature: float,
+              chunk: int, row_scale: torch.Tensor | None, need_dx: bool, need_dw: bool, need_db: bool
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    problem = _Problem(divergence, beta, LossOptions(temperature=temperature), None)
+    losses, grads = _linear_sweep(sx, sw, sb, tx, tw, tb, kept, problem, chunk, row_scale, (need_dx, need_dw, need_db))
+    # a custom op returns tensors, none aliasing another: a new empty one for each gradient not computed
+    return (losses, *(sx.new_empty(0) if g is None else g for g in grads))
+
+
+@_sweep_op.register_fake
+def _(sx, sw, sb, tx, tw, tb, kept, divergence, beta, temperature, chunk, row_scale, need_dx, need_dw, need_db):
+    want = row_scale is not None
+    return (sx.new_empty(sx.shape[0], dtype=accumulation_dtype(sx.dtype)),
+            torch.empty_like(sx) if want and need_dx else sx.new_empty(0),
+            torch.empty_like(sw) if want and need_dw else sx.new_empty(0),
+            sw.new_empty(sw.shape[0]) if want and need_db and sb is not None else sx.new_empty(0))
 
 
 class _LinearDistillation(torch.autograd.Function):
@@ -365,28 +403,35 @@ class _LinearDistillation(torch.autograd.Function):
         tx = teacher_input.reshape(-1, teacher_input.shape[-1])
         num_rows = sx.shape[0]
         acc = accumulation_dtype(student_input.dtype)
-        kept = _kept(target, num_rows, problem, sx.device, num_classes, check=False)
+        kept = _kept(target, num_rows, problem, sx.device, num_classes, plan.check)
         denom = _denominator(target, num_rows, num_classes, problem, acc, sx.device)
         fused = plan.want_grad and problem.options.reduction != "none"
         needs = ctx.needs_input_grad[:3]
         scale = spec.gradient_scale(xp, denom, acc, sx.device) if fused else None
-        losses, grads = _linear_sweep(sx, student_weight, student_bias, tx, teacher_weight, teacher_bias, kept, plan,
-                                      scale, needs)
-        ctx.plan, ctx.input_shape = plan, student_input.shape
-        ctx.grads, ctx.scale = (list(grads) if fused else None), scale
-        # the inputs themselves (no new memory): "none" sweeps again, and so does a second backward
-        ctx.save_for_backward(sx, student_weight, student_bias, tx, teacher_weight, teacher_bias, kept)
+        losses, grads = _sweep(sx, student_weight, student_bias, tx, teacher_weight, teacher_bias, kept, problem,
+                               plan.chunk, scale, needs)
+        ctx.plan, ctx.input_shape, ctx.scale = plan, student_input.shape, scale
+        ctx.compiling = torch.compiler.is_compiling()
+        ctx.fused = fused
+        if fused and ctx.compiling:  # traced: the gradients go through save_for_backward
+            ctx.save_for_backward(*grads)
+        else:
+            ctx.grads = list(grads) if fused else None
+            # the inputs themselves (no new memory): "none" sweeps again, and so does a second backward
+            ctx.save_for_backward(sx, student_weight, student_bias, tx, teacher_weight, teacher_bias, kept)
         return _reduce(losses, problem, denom, student_input.shape[:-1], student_input.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
-        if ctx.grads is not None:
+        if ctx.fused and ctx.compiling:
+            grads = [None if g is None else g * grad_loss.to(g.dtype) for g in ctx.saved_tensors]
+        elif ctx.grads is not None:
             grads, ctx.grads = ctx.grads, None  # handed over without a copy
             grads = [None if g is None else _scale_(g, grad_loss) for g in grads]
         else:
             sx, sw, sb, tx, tw, tb, kept = ctx.saved_tensors
             row_scale = grad_loss.reshape(-1) if ctx.scale is None else ctx.scale * grad_loss
-            plan = ctx.plan if ctx.plan.want_grad else _LinearPlan(ctx.plan.problem, ctx.plan.chunk, True)
-            _, grads = _linear_sweep(sx, sw, sb, tx, tw, tb, kept, plan, row_scale, ctx.needs_input_grad[:3])
+            _, grads = _sweep(sx, sw, sb, tx, tw, tb, kept, ctx.plan.problem, ctx.plan.chunk, row_scale,
+                              ctx.needs_input_grad[:3])
         dx, dw, db = grads
         return (None if dx is None else dx.view(ctx.input_shape), dw, db, None, None, None, None, None)

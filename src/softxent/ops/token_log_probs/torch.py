@@ -232,27 +232,36 @@ def linear_token_log_probs(input: torch.Tensor, linear_weight: torch.Tensor, tar
     _check_layer_arguments(input, linear_weight, target, linear_bias, None)
     if target.dtype.is_floating_point:
         raise TypeError(f"target must hold class indices of shape {tuple(input.shape[:-1])}; got probabilities")
-    num_classes, features = linear_weight.shape
-    if check_labels:
+    num_classes = linear_weight.shape[0]
+    compiling = torch.compiler.is_compiling()
+    if check_labels and not compiling:  # compiled, the forward's op checks them
         _backend.check_labels(target, num_classes, options.ignore_index, input)
-    rows = input.numel() // max(1, features)
-    # 7/8 of linear_cross_entropy's choice, 7/32 of the gradients' size in logits: the backward holds the
-    # chunk, dx, dW and the row kernel's scratch at once (a quarter measured 1.3015x the gradients at
-    # 4096 x 1024 x 32000). Smaller chunks cost time: each reads W twice and dW twice (at 72 rows of
-    # 1024 x 32000 the products run 1.8x slower than at 289)
-    chunk = chunk_size or max(1, choose_chunk_size(rows, num_classes, features, input.dtype, input.device)
-                              * 7 // 8)
-    plan = _LinearPlan(options, bool(return_entropy), max(1, min(chunk, rows)))
+    # compiled, the chunk is chosen inside the ops from the actual shapes (0): no recompile per size
+    chunk = chunk_size or (0 if compiling else _default_chunk(input, linear_weight))
+    plan = _LinearPlan(options, bool(return_entropy), chunk, bool(check_labels) and compiling)
     lp, h = _LinearTokenLogProbs.apply(input, linear_weight, linear_bias, target, plan)
     return (lp, h) if return_entropy else lp
+
+
+def _default_chunk(input, weight) -> int:
+    """Rows per chunk: 7/8 of linear_cross_entropy's choice, 7/32 of the gradients' size in logits.
+
+    The backward holds the chunk, dx, dW and the row kernel's scratch at once (a quarter measured
+    1.3015x the gradients at 4096 x 1024 x 32000). Smaller chunks cost time: each reads W twice and dW
+    twice (at 72 rows of 1024 x 32000 the products run 1.8x slower than at 289).
+    """
+    num_classes, features = weight.shape
+    rows = input.numel() // max(1, features)
+    return max(1, min(rows, choose_chunk_size(rows, num_classes, features, input.dtype, input.device) * 7 // 8))
 
 
 @dataclass
 class _LinearPlan:
     options: LossOptions
     entropy: bool
-    chunk: int
-    kept_logits: torch.Tensor | None = None  # the only chunk, kept from the forward for the backward
+    chunk: int  # rows per chunk; 0: chosen inside the compiled ops
+    check: bool = False  # check the labels inside the forward's op (compiled only)
+    kept_logits: torch.Tensor | None = None  # the only chunk, kept from the forward for the backward (eager)
 
 
 def _chunk_logits(x, w, b, out) -> torch.Tensor:
@@ -261,27 +270,109 @@ def _chunk_logits(x, w, b, out) -> torch.Tensor:
     return torch.mm(x, w.t(), out=out)
 
 
+def _linear_forward(x, weight, bias, labels, options: LossOptions, entropy: bool, chunk: int, keep: bool):
+    """(lp, h, stats, kept): the rows' results a chunk of logits at a time; kept is the logits buffer when
+    `keep` and one chunk holds every row (the backward then reuses it), else None."""
+    num_classes = weight.shape[0]
+    num_rows = x.shape[0]
+    acc = accumulation_dtype(x.dtype)
+    lp = torch.zeros(num_rows, dtype=acc, device=x.device)
+    h = torch.zeros_like(lp)
+    stats = torch.zeros(num_rows, 3, dtype=acc, device=x.device)
+    chunk = max(1, min(chunk or _default_chunk(x, weight), num_rows))
+    buffer = torch.empty(min(chunk, num_rows), num_classes, dtype=x.dtype, device=x.device)
+    forward_rows, _ = _eager_kernels(buffer)
+    for lo in range(0, num_rows, chunk):
+        hi = min(lo + chunk, num_rows)
+        logits = _chunk_logits(x[lo:hi], weight, bias, buffer[: hi - lo])
+        lp[lo:hi], h[lo:hi], stats[lo:hi] = forward_rows(logits, labels[lo:hi], options, entropy=entropy)
+    return lp, h, stats, (buffer if keep and num_rows <= chunk else None)
+
+
+def _linear_backward(x, weight, bias, labels, options: LossOptions, lp, stats, g, hg, chunk: int, need_dx: bool,
+                     need_dw: bool, need_db: bool, buffer: torch.Tensor | None):
+    """(dx, dw, db) of sum(g lp + hg h): each chunk's logits again (or `buffer`, the forward's only chunk),
+    turned into their gradient in place and folded into the layer's gradients before the next chunk."""
+    acc = lp.dtype
+    num_classes, features = weight.shape
+    num_rows = x.shape[0]
+    dtype = x.dtype
+    wide = dtype in (torch.float16, torch.bfloat16)
+    dx = torch.empty_like(x) if need_dx else None
+    dw = torch.zeros(weight.shape, dtype=acc if wide else dtype, device=weight.device) if need_dw else None
+    db = torch.zeros(num_classes, dtype=acc, device=weight.device) if need_db and bias is not None else None
+    chunk = max(1, min(chunk or _default_chunk(x, weight), num_rows))
+    reuse = buffer is not None
+    if buffer is None:
+        buffer = torch.empty(min(chunk, num_rows), num_classes, dtype=dtype, device=x.device)
+    _, backward_rows = _eager_kernels(buffer)
+    slice_rows = max(64, (chunk * num_classes) // (4 * max(1, features)))
+    for lo in range(0, num_rows, chunk):
+        hi = min(lo + chunk, num_rows)
+        logits = buffer[: hi - lo]
+        if not reuse:
+            _chunk_logits(x[lo:hi], weight, bias, logits)
+        # the chunk's logits become d(outputs)/d(logits) in place
+        backward_rows(logits, labels[lo:hi], options, lp[lo:hi], stats[lo:hi], g[lo:hi],
+                      None if hg is None else hg[lo:hi], logits)
+        fold_chunk(logits, x[lo:hi], weight, None if dx is None else dx[lo:hi], dw, db, wide=wide,
+                   slice_rows=slice_rows, acc=acc)
+    return dx, None if dw is None else dw.to(weight.dtype), None if db is None else db.to(bias.dtype)
+
+
+# under torch.compile the two sweeps run as custom ops, opaque to tracing (their loops and kernels
+# branch on shapes and data); eagerly their bodies run directly (an op's wrapper costs tens of microseconds)
+
+
+@torch.library.custom_op("softxent::linear_token_forward", mutates_args=())
+def _linear_forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
+                       options: list[float], entropy: bool, chunk: int, check: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    decoded = LossOptions.decode(options)
+    if check:
+        _backend.check_labels(labels, weight.shape[0], decoded.ignore_index, x)
+    lp, h, stats, _ = _linear_forward(x, weight, bias, labels, decoded, entropy, chunk, keep=False)
+    return lp, h, stats
+
+
+@_linear_forward_op.register_fake
+def _(x, weight, bias, labels, options, entropy, chunk, check):
+    acc = accumulation_dtype(x.dtype)
+    rows = x.shape[0]
+    return x.new_empty(rows, dtype=acc), x.new_empty(rows, dtype=acc), x.new_empty(rows, 3, dtype=acc)
+
+
+@torch.library.custom_op("softxent::linear_token_backward", mutates_args=())
+def _linear_backward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
+                        options: list[float], lp: torch.Tensor, stats: torch.Tensor, g: torch.Tensor,
+                        hg: torch.Tensor | None, chunk: int, need_dx: bool, need_dw: bool, need_db: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, dw, db = _linear_backward(x, weight, bias, labels, LossOptions.decode(options), lp, stats, g, hg, chunk,
+                                  need_dx, need_dw, need_db, None)
+    # a custom op returns tensors, none aliasing another: a new empty one for each gradient not asked for
+    return tuple(x.new_empty(0) if grad is None else grad for grad in (dx, dw, db))
+
+
+@_linear_backward_op.register_fake
+def _(x, weight, bias, labels, options, lp, stats, g, hg, chunk, need_dx, need_dw, need_db):
+    return (torch.empty_like(x) if need_dx else x.new_empty(0), torch.empty_like(weight) if need_dw else x.new_empty(0),
+            weight.new_empty(weight.shape[0]) if need_db and bias is not None else x.new_empty(0))
+
+
 class _LinearTokenLogProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, target, plan: _LinearPlan):
-        num_classes, features = weight.shape
+        features = weight.shape[1]
         x = input.reshape(-1, features)
         labels = target.reshape(-1).to(torch.int64)
-        num_rows = x.shape[0]
-        acc = accumulation_dtype(input.dtype)
-        lp = torch.zeros(num_rows, dtype=acc, device=input.device)
-        h = torch.zeros_like(lp)
-        stats = torch.zeros(num_rows, 3, dtype=acc, device=input.device)
-        buffer = torch.empty(min(plan.chunk, num_rows), num_classes, dtype=input.dtype, device=input.device)
-        forward_rows, _ = _kernels(buffer)
-        want_grad = any(ctx.needs_input_grad[:3])
-        for lo in range(0, num_rows, plan.chunk):
-            hi = min(lo + plan.chunk, num_rows)
-            logits = _chunk_logits(x[lo:hi], weight, bias, buffer[: hi - lo])
-            lp[lo:hi], h[lo:hi], stats[lo:hi] = forward_rows(logits, labels[lo:hi], plan.options,
-                                                             entropy=plan.entropy)
-        if want_grad and num_rows <= plan.chunk:
-            plan.kept_logits = buffer  # one chunk holds every row: the backward reuses it
+        ctx.compiling = torch.compiler.is_compiling()
+        if ctx.compiling:
+            lp, h, stats = torch.ops.softxent.linear_token_forward(x, weight, bias, labels, plan.options.encode(),
+                                                                   plan.entropy, plan.chunk, plan.check)
+        else:
+            want_grad = any(ctx.needs_input_grad[:3])
+            lp, h, stats, plan.kept_logits = _linear_forward(x, weight, bias, labels, plan.options, plan.entropy,
+                                                             plan.chunk, keep=want_grad)
         ctx.save_for_backward(input, weight, bias, labels, lp, stats)
         ctx.plan = plan
         ctx.set_materialize_grads(False)
@@ -293,34 +384,19 @@ class _LinearTokenLogProbs(torch.autograd.Function):
         input, weight, bias, labels, lp, stats = ctx.saved_tensors
         plan = ctx.plan
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+        need_db = need_db and bias is not None
         if grad_lp is None and grad_h is None or not (need_dx or need_dw or need_db):
             return None, None, None, None, None
         acc = lp.dtype
         g = torch.zeros_like(lp) if grad_lp is None else grad_lp.reshape(-1).to(acc)
         hg = None if grad_h is None or not plan.entropy else grad_h.reshape(-1).to(acc)
-        num_classes, features = weight.shape
-        x = input.reshape(-1, features)
-        num_rows = x.shape[0]
-        dtype = input.dtype
-        wide = dtype in (torch.float16, torch.bfloat16)
-        dx = torch.empty_like(x) if need_dx else None
-        dw = torch.zeros(weight.shape, dtype=acc if wide else dtype, device=weight.device) if need_dw else None
-        db = torch.zeros(num_classes, dtype=acc, device=weight.device) if need_db and bias is not None else None
-        buffer, plan.kept_logits = plan.kept_logits, None
-        reuse = buffer is not None
-        if buffer is None:
-            buffer = torch.empty(min(plan.chunk, num_rows), num_classes, dtype=dtype, device=input.device)
-        _, backward_rows = _kernels(buffer)
-        slice_rows = max(64, (plan.chunk * num_classes) // (4 * max(1, features)))
-        for lo in range(0, num_rows, plan.chunk):
-            hi = min(lo + plan.chunk, num_rows)
-            logits = buffer[: hi - lo]
-            if not reuse:
-                _chunk_logits(x[lo:hi], weight, bias, logits)
-            # the chunk's logits become d(outputs)/d(logits) in place
-            backward_rows(logits, labels[lo:hi], plan.options, lp[lo:hi], stats[lo:hi], g[lo:hi],
-                          None if hg is None else hg[lo:hi], logits)
-            fold_chunk(logits, x[lo:hi], weight, None if dx is None else dx[lo:hi], dw, db, wide=wide,
-                       slice_rows=slice_rows, acc=acc)
-        return (None if dx is None else dx.view(input.shape), None if dw is None else dw.to(weight.dtype),
-                None if db is None else db.to(bias.dtype), None, None)
+        x = input.reshape(-1, weight.shape[1])
+        if ctx.compiling:
+            dx, dw, db = torch.ops.softxent.linear_token_backward(x, weight, bias, labels, plan.options.encode(), lp,
+                                                                  stats, g, hg, plan.chunk, need_dx, need_dw, need_db)
+        else:
+            buffer, plan.kept_logits = plan.kept_logits, None
+            dx, dw, db = _linear_backward(x, weight, bias, labels, plan.options, lp, stats, g, hg, plan.chunk,
+                                          need_dx, need_dw, need_db, buffer)
+        return (dx.view(input.shape) if need_dx else None, dw if need_dw else None, db if need_db else None,
+                None, None)
