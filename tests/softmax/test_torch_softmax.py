@@ -191,6 +191,24 @@ def test_masked_entries_under_a_temperature_are_exact():
     assert ulp_error(y, exact).max() <= 4.0
 
 
+@pytest.mark.parametrize("num_classes", [10, 1000])
+def test_log_softmax_exact_on_both_sides_of_the_native_margin(num_classes):
+    """float32 log_softmax takes torch's float64 kernel only while every row's largest log-probability is
+    <= -C 2^-26 (FLOAT64_LOG_SOFTMAX_MARGIN), where that kernel is exact; a more dominant class takes the
+    log1p form. Either side: every entry within 2 ulp of mpmath's."""
+    from adversarial import Case
+    from softxent.ops.softmax.torch import FLOAT64_LOG_SOFTMAX_MARGIN
+
+    rng = np.random.default_rng(num_classes)
+    for k in (0.5, 0.9, 1.1, 4.0):  # -log p_max as a multiple of the margin
+        logits = (rng.standard_normal(num_classes) * 0.01).astype(np.float32)
+        logits[0] += np.float32(np.log((num_classes - 1) / (k * num_classes * FLOAT64_LOG_SOFTMAX_MARGIN)))
+        case = Case(f"dominant-{k}", logits, 0)
+        result = sxt.log_softmax(torch.from_numpy(logits), 0).numpy()
+        error = ulp_error(result, [case.exact_log_softmax_of(float(v)) for v in logits])
+        assert error.max() <= 2.0, f"k={k}: {error.max():.2f} ulp at {int(error.argmax())}"
+
+
 def test_long_float32_rows_accumulate_exactly():
     """torch accumulates float32 in float32: its error grows with the row length; ours does not."""
     row = next(c for c in CASES["float32"] if c.name == "long-row")

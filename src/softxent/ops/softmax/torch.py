@@ -29,6 +29,8 @@ output, times a per-row 1 / T (0 on the constant rows); it is differentiable, so
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from softxent import _validation as v
@@ -76,7 +78,8 @@ def softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3, d
     x, dim, temperature = _prepare("softmax", input, dim, _stacklevel, dtype, temperature, where)
     if _backend.uses_triton(x):
         return _TritonRows.apply(x, dim, temperature, False)
-    return _Softmax.apply(x, dim, temperature)[0]
+    out = _native(False, x, dim, temperature)
+    return _Rows.apply(x, dim, temperature, False)[0] if out is None else out
 
 
 def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3, dtype: torch.dtype | None = None,
@@ -104,7 +107,8 @@ def log_softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 
     x, dim, temperature = _prepare("log_softmax", input, dim, _stacklevel, dtype, temperature, where)
     if _backend.uses_triton(x):
         return _TritonRows.apply(x, dim, temperature, True)
-    return _LogSoftmax.apply(x, dim, temperature)[0]
+    out = _native(True, x, dim, temperature)
+    return _Rows.apply(x, dim, temperature, True)[0] if out is None else out
 
 
 def probabilities(z: torch.Tensor, dim) -> torch.Tensor:
@@ -177,6 +181,38 @@ def _prepare(name, input, dim, stacklevel, dtype, temperature, where):
     return _masked(input, where), dim, temperature
 
 
+# --- torch's own float64 kernels, where they are exact ------------------------------------------------------
+
+# torch's float64 log_softmax of d = x - max x (the shift exact for logits below float64) is within C 2^-53
+# of exact, absolutely (the rounding of s = sum_j e^{d_j}, C terms); no entry of a row is closer to 0 than
+# its largest, -log s, so every entry is within 2^-27 relative (a sixteenth of a float32 ulp) when each
+# row's largest log-probability is <= -C 2^-26. cross_entropy's lean path takes the same bound for -lsm_t.
+FLOAT64_LOG_SOFTMAX_MARGIN = 2.0 ** -26
+
+
+def _native(log: bool, x: torch.Tensor, dim: int, temperature: float) -> torch.Tensor | None:
+    """softmax or log_softmax of `x` by torch's own float64 kernels and autograd (a few aten calls where
+    `_Rows` takes a dozen and a Python backward), or None where the general path must
+    decide: a row whose limit rules 2 and 3 set (NaN from torch), a dominant class beyond
+    `FLOAT64_LOG_SOFTMAX_MARGIN`, float64 log_softmax (its last bit needs the log1p form), a
+    temperature, or a trace (torch.compile and torch.func: no host read there).
+
+    The results are rounded once from float64: softmax within 1 ulp, log_softmax as above; the gradient
+    is torch's float64 vector-Jacobian product rounded once, and double backward is torch's.
+    """
+    if (temperature != 1.0 or x.numel() == 0 or (log and x.dtype == torch.float64)
+            or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()):
+        return None
+    if log:
+        m = x.detach().amax(dim, keepdim=True).to(torch.float64)
+        out = torch.log_softmax(x - m, dim)  # x - m: float64 (the row max is), exact
+        exact = float(out.detach().amax()) <= -FLOAT64_LOG_SOFTMAX_MARGIN * x.shape[dim]  # False on NaN
+    else:
+        out = torch.softmax(x, dim, dtype=torch.float64)
+        exact = not math.isnan(float(out.detach().sum()))  # masked and +inf rows are NaN in torch
+    return out.to(x.dtype) if exact else None
+
+
 # --- the rows on torch ops ----------------------------------------------------------------------------------
 
 
@@ -203,44 +239,50 @@ def _scale(m: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Ten
     return torch.isfinite(m).to(dtype) * (1.0 / temperature)  # NaN rows: their gradient is NaN anyway
 
 
-class _Softmax(torch.autograd.Function):
+def _softmax_rows(x, dim, temperature):
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    d, _, m, _ = shifted(x, dim, temperature, work)
+    e = d.exp_()
+    # summed in float64 with the max's 1 in it: a division by 1 + rest needs no log1p
+    total = e.sum(dim, keepdim=True, dtype=torch.float64)
+    total = torch.where(total == 0, 1.0, total)  # a fully masked row stays zeros
+    total = torch.where(torch.isnan(m), _NAN, total)  # NaN rows (their d was zeroed)
+    return e.div_(total.to(e.dtype)).to(x.dtype), m  # same dtypes: the vectorised division
+
+
+def _log_softmax_rows(x, dim, temperature):
+    d, _, m, first = shifted(x, dim, temperature, torch.float64)
+    e = torch.exp(d)
+    e.scatter_(dim, first, 0.0)  # the max's own term, exactly 1 (0 in a masked row), left out
+    log_sum = torch.log1p(e.sum(dim, keepdim=True))
+    log_sum = torch.where(torch.isnan(m), _NAN, log_sum)  # NaN rows (their d was zeroed)
+    return d.sub_(log_sum).to(x.dtype), m  # d <= 0 and -log_sum <= 0: nothing cancels
+
+
+class _Rows(torch.autograd.Function):
+    """softmax (or log_softmax, `log`) over `dim` on torch ops; outputs (result, row max), the max for the
+    backward's constant rows. The backward is torch's fused product: p (g - sum p g), or g - exp(out) sum g."""
+
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, dim, temperature):
+    def forward(x, dim, temperature, log):
         if x.dim() == 0 or x.shape[dim] == 0:
-            return (torch.ones_like(x) if x.dim() == 0 else torch.empty_like(x)), _row_max(x, dim)
-        work = torch.float64 if x.dtype == torch.float64 else torch.float32
-        d, _, m, _ = shifted(x, dim, temperature, work)
-        e = d.exp_()
-        # summed in float64 with the max's 1 in it: a division by 1 + rest needs no log1p
-        total = e.sum(dim, keepdim=True, dtype=torch.float64)
-        total = torch.where(total == 0, 1.0, total)  # a fully masked row stays zeros
-        total = torch.where(torch.isnan(m), _NAN, total)  # NaN rows (their d was zeroed)
-        return e.div_(total.to(e.dtype)).to(x.dtype), m  # same dtypes: the vectorised division
-
-    setup_context = staticmethod(lambda ctx, inputs, outputs: _save(ctx, inputs, outputs))
-    # p (g - sum p g)
-    backward = staticmethod(lambda ctx, grad, _: _backward(torch._softmax_backward_data, ctx, grad))
-
-
-class _LogSoftmax(torch.autograd.Function):
-    generate_vmap_rule = True
+            empty = torch.empty_like(x) if x.dim() else (torch.zeros_like(x) if log else torch.ones_like(x))
+            return empty, _row_max(x, dim)
+        return (_log_softmax_rows if log else _softmax_rows)(x, dim, temperature)
 
     @staticmethod
-    def forward(x, dim, temperature):
-        if x.dim() == 0 or x.shape[dim] == 0:
-            return (torch.zeros_like(x) if x.dim() == 0 else torch.empty_like(x)), _row_max(x, dim)
-        d, _, m, first = shifted(x, dim, temperature, torch.float64)
-        e = torch.exp(d)
-        e.scatter_(dim, first, 0.0)  # the max's own term, exactly 1 (0 in a masked row), left out
-        log_sum = torch.log1p(e.sum(dim, keepdim=True))
-        log_sum = torch.where(torch.isnan(m), _NAN, log_sum)  # NaN rows (their d was zeroed)
-        return d.sub_(log_sum).to(x.dtype), m  # d <= 0 and -log_sum <= 0: nothing cancels
+    def setup_context(ctx, inputs, outputs):
+        _, ctx.dim, ctx.temperature, ctx.log = inputs
+        out, m = outputs
+        ctx.mark_non_differentiable(m)
+        ctx.save_for_backward(out, m)
 
-    setup_context = staticmethod(lambda ctx, inputs, outputs: _save(ctx, inputs, outputs))
-    # g - exp(out) sum g
-    backward = staticmethod(lambda ctx, grad, _: _backward(torch._log_softmax_backward_data, ctx, grad))
+    @staticmethod
+    def backward(ctx, grad, _):
+        vjp = torch._log_softmax_backward_data if ctx.log else torch._softmax_backward_data
+        return *_backward(vjp, ctx, grad), None
 
 
 def _backward(vjp, ctx, grad):
@@ -250,15 +292,6 @@ def _backward(vjp, ctx, grad):
         return torch.zeros_like(grad), None, None
     dx = vjp(grad, out, ctx.dim, out.dtype)
     return dx * _scale(m, ctx.temperature, dx.dtype), None, None
-
-
-def _save(ctx, inputs, outputs) -> None:
-    """The output and the row max (for the constant rows) for the backward; the max is no output."""
-    _, dim, temperature = inputs
-    out, m = outputs
-    ctx.dim, ctx.temperature = dim, temperature
-    ctx.mark_non_differentiable(m)
-    ctx.save_for_backward(out, m)
 
 
 def _row_max(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -292,12 +325,10 @@ class _TritonRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         out, m = ctx.saved_tensors
-        if out.dim() == 0 or out.shape[ctx.dim] == 0:
-            return torch.zeros_like(grad), None, None, None
-        if torch.is_grad_enabled():  # create_graph: torch's differentiable products, for double backward
+        if out.dim() == 0 or out.shape[ctx.dim] == 0 or torch.is_grad_enabled():
+            # create_graph: torch's differentiable products, for double backward
             vjp = torch._log_softmax_backward_data if ctx.log else torch._softmax_backward_data
-            dx = vjp(grad, out, ctx.dim, out.dtype)
-            return dx * _scale(m, ctx.temperature, dx.dtype), None, None, None
+            return *_backward(vjp, ctx, grad), None
         from softxent.ops.softmax import triton as kernels
 
         rows = kernels.log_softmax_backward_rows if ctx.log else kernels.softmax_backward_rows
