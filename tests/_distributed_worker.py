@@ -1,4 +1,5 @@
-"""One rank of a gloo group that runs a list of vocab-parallel cases (spawned by tests/test_distributed.py).
+"""One rank of a gloo group that runs a list of vocab-parallel cases (spawned through tests/gloo_spawn.py by
+tests/distributed/test_distributed.py and tests/token_log_probs/test_token_log_probs_distributed.py).
 
     python tests/_distributed_worker.py RANK WORLD STORE CASES OUT
 

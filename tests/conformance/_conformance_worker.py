@@ -2,18 +2,19 @@
 
     python tests/conformance/_conformance_worker.py RANK WORLD STORE CASES OUT
 
-CASES is a pickled list of `ops_registry.Case`; each runs through its op's distributed callable on this
-rank's slice of the vocabulary. OUT/rank{RANK}.pkl gets, per case, the result dict (float64 arrays) or
-the exception's type name and message. The parent merges the ranks' pieces and compares.
+CASES is a torch.save'd list of `ops_registry.Case` (tests/gloo_spawn.py); each runs through its op's
+distributed callable on this rank's slice of the vocabulary. OUT/rank{RANK}.pt gets, per case, the
+result dict (float64 arrays) or the exception's type name and message. The parent merges the ranks'
+pieces and compares.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 import traceback
 
+import torch
 import torch.distributed as dist
 
 from ops_registry import OPS
@@ -22,16 +23,14 @@ from ops_registry import OPS
 def main() -> None:
     rank, world, store_path, cases_path, out = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:6]
     dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
-    with open(cases_path, "rb") as f:
-        cases = pickle.load(f)
+    cases = torch.load(cases_path, weights_only=False)
     results = {}
     for case in cases:
         try:
             results[case.id] = OPS[case.op].distributed(case, rank, world)
         except Exception as err:  # noqa: BLE001 - the parent compares type and message with the other layers
             results[case.id] = {"error": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
-    with open(os.path.join(out, f"rank{rank}.pkl"), "wb") as f:
-        pickle.dump(results, f)
+    torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 

@@ -32,12 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import os
-import pickle
 import re
-import subprocess
-import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -46,6 +41,7 @@ import pytest
 
 from compare import TOLERANCE, assert_close
 from conformance_cases import all_cases
+from gloo_spawn import Spawn
 from oracle import ulp_distance
 from ops_registry import FUSED_OPS, LAYERS, OPS, WORLD, supports
 
@@ -147,53 +143,6 @@ def _run_local(case, layer):
         return "error", type(err).__name__, str(err)
 
 
-class Spawn:
-    """A gloo group of `world` processes running every distributed case; `results()` waits for it."""
-
-    def __init__(self, world, cases, workdir: Path):
-        self.world, self.workdir = world, workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        with open(workdir / "cases.pkl", "wb") as f:
-            pickle.dump(cases, f)
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-            [str(HERE), str(HERE.parent), str(HERE.parent.parent / "src"), os.environ.get("PYTHONPATH", "")]))
-        env.pop("SOFTXENT_BACKEND", None)  # the vocab-parallel losses run their own row code
-        self.logs = [open(workdir / f"rank{r}.log", "w") for r in range(world)]
-        self.procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(world), str(workdir / "store"),
-                                        str(workdir / "cases.pkl"), str(workdir)], env=env, stdout=self.logs[r],
-                                       stderr=subprocess.STDOUT) for r in range(world)]
-        self.deadline = time.monotonic() + HARD_TIMEOUT
-        self._results = None
-
-    def results(self) -> list[dict]:
-        if self._results is None:
-            try:
-                for proc in self.procs:
-                    proc.wait(timeout=max(0.1, self.deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.kill()
-                pytest.fail(f"{self.world} ranks did not finish within {HARD_TIMEOUT} s: {self._tails()}")
-            finally:
-                for log in self.logs:
-                    log.close()
-            if any(proc.returncode for proc in self.procs):
-                pytest.fail(f"a rank of {self.world} exited with {[p.returncode for p in self.procs]}: {self._tails()}")
-            self._results = []
-            for r in range(self.world):
-                with open(self.workdir / f"rank{r}.pkl", "rb") as f:
-                    self._results.append(pickle.load(f))
-        return self._results
-
-    def kill(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-
-    def _tails(self) -> str:
-        return "\n".join(f"--- rank {r}:\n" + (self.workdir / f"rank{r}.log").read_text()[-2000:]
-                         for r in range(self.world))
-
-
 @pytest.fixture(scope="module", autouse=True)
 def distributed(request, tmp_path_factory):
     """world -> Spawn, started at the module's first test when any distributed test was collected."""
@@ -203,7 +152,9 @@ def distributed(request, tmp_path_factory):
     for layer, world in WORLD.items():
         if layer in wanted:
             cases = [case for case in CASES if supports(case, layer)]
-            spawns[layer] = Spawn(world, cases, tmp_path_factory.mktemp(layer))
+            # SOFTXENT_BACKEND unset: the vocab-parallel losses run their own row code
+            spawns[layer] = Spawn(WORKER, world, cases, tmp_path_factory.mktemp(layer), timeout=HARD_TIMEOUT,
+                                  paths=[HERE], unset=["SOFTXENT_BACKEND"])
     yield spawns
     for spawn in spawns.values():  # a failed test must not leave ranks behind
         spawn.kill()

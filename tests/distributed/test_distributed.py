@@ -1,8 +1,8 @@
 """Vocab-parallel cross-entropy on gloo: 1, 2 and 3 processes against the full-vocabulary loss in one process.
 
-Each world size is one spawn of WORLD processes (tests/_distributed_worker.py) that runs every case of
-that world in the same process group, so the cost of starting processes and gloo is paid three times,
-not per case. The cases hold the full-vocabulary inputs; each rank takes its slice; this process holds
+Each world size is one spawn (tests/gloo_spawn.py) of WORLD processes (tests/_distributed_worker.py) that
+runs every case of that world in the same process group, so the cost of starting processes and gloo is
+paid three times, not per case. The cases hold the full-vocabulary inputs; each rank takes its slice; this process holds
 the oracles, all on the whole vocabulary: the single-process softxent.torch result (cross_entropy /
 linear_cross_entropy, the reference issue 6 names: the same semantics, in the same dtype), the NumPy
 layer (softxent.cross_entropy / linear_cross_entropy, float64 inside) and torch's own functional
@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +24,9 @@ import torch.nn.functional as F
 import softxent as sx
 import softxent.torch as sxt
 from compare import assert_close, to_numpy
+from gloo_spawn import Spawn
 
-ROOT = Path(__file__).resolve().parent.parent
-WORKER = Path(__file__).resolve().parent / "_distributed_worker.py"
+WORKER = Path(__file__).resolve().parent.parent / "_distributed_worker.py"
 HARD_TIMEOUT = 60.0  # seconds for a whole spawn: a hang fails the test instead of blocking the suite
 VOCAB = 13
 SIZES = {1: [13], 2: [5, 8], 3: [2, 7, 4]}
@@ -190,48 +186,8 @@ CASE_IDS = {world: [case["id"] for case in cases_for(world)] for world in WORLDS
 
 # --- running the groups -------------------------------------------------------------------------------------
 
-class Spawn:
-    """A gloo group of `world` processes running `cases`; `results()` waits for it (a hang fails, not blocks)."""
-
-    def __init__(self, world: int, cases: list, workdir: Path):
-        self.world, self.cases, self.workdir = world, cases, workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        torch.save(cases, workdir / "cases.pt")
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-            [str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
-        self.logs = [open(workdir / f"rank{r}.log", "w") for r in range(world)]
-        self.procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(world), str(workdir / "store"),
-                                        str(workdir / "cases.pt"), str(workdir)], env=env, stdout=self.logs[r],
-                                       stderr=subprocess.STDOUT) for r in range(world)]
-        self.deadline = time.monotonic() + HARD_TIMEOUT
-        self._results = None
-
-    def results(self) -> list[list[dict]]:
-        if self._results is None:
-            try:
-                for proc in self.procs:
-                    proc.wait(timeout=max(0.1, self.deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                for proc in self.procs:
-                    proc.kill()
-                pytest.fail(f"{self.world} ranks did not finish within {HARD_TIMEOUT} s (a hang): {self._tails()}")
-            finally:
-                for log in self.logs:
-                    log.close()
-            if any(proc.returncode for proc in self.procs):
-                pytest.fail(f"a rank of {self.world} exited with {[p.returncode for p in self.procs]}: "
-                            f"{self._tails()}")
-            self._results = [torch.load(self.workdir / f"rank{r}.pt", weights_only=False)
-                             for r in range(self.world)]
-        return self._results
-
-    def _tails(self) -> str:
-        return "\n".join(f"--- rank {r}:\n" + (self.workdir / f"rank{r}.log").read_text()[-2000:]
-                         for r in range(self.world))
-
-
 def spawn(world: int, cases: list, workdir: Path) -> list[list[dict]]:
-    return Spawn(world, cases, workdir).results()
+    return Spawn(WORKER, world, cases, workdir, timeout=HARD_TIMEOUT).results()
 
 
 @pytest.fixture(scope="module")
@@ -243,13 +199,12 @@ def runs(tmp_path_factory):
     def get(world):
         if not spawns:
             for w in WORLDS:
-                spawns[w] = Spawn(w, cases_for(w), tmp_path_factory.mktemp(f"world{w}"))
+                spawns[w] = Spawn(WORKER, w, cases_for(w), tmp_path_factory.mktemp(f"world{w}"),
+                                  timeout=HARD_TIMEOUT)
         return spawns[world].cases, spawns[world].results()
     yield get
     for spawn_ in spawns.values():  # a failed test must not leave ranks behind
-        for proc in spawn_.procs:
-            if proc.poll() is None:
-                proc.kill()
+        spawn_.kill()
 
 
 def result_of(runs, world, case_id):

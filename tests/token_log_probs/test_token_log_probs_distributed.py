@@ -10,10 +10,6 @@ world or per case (on this shared 2-core machine, starting them is most of the m
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +19,10 @@ import torch
 import softxent as sx
 import softxent.torch as sxt
 from compare import assert_close, ulp_error
+from gloo_spawn import Spawn
 from test_token_log_probs_numpy import exact_log_prob_and_entropy
 
-TESTS = Path(__file__).resolve().parent.parent
-ROOT = TESTS.parent
-WORKER = TESTS / "_distributed_worker.py"
+WORKER = Path(__file__).resolve().parent.parent / "_distributed_worker.py"
 HARD_TIMEOUT = 90.0
 VOCAB = 13
 SIZES = {1: [13], 2: [5, 8], 3: [2, 7, 4]}
@@ -118,48 +113,12 @@ def cases_for(world):
 ALL_CASES = [case for world in WORLDS for case in cases_for(world)]
 
 
-class Spawn:
-    def __init__(self, world: int, cases: list, workdir: Path):
-        self.world, self.cases, self.workdir = world, cases, workdir
-        torch.save(cases, workdir / "cases.pt")
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-            [str(ROOT / "src"), str(TESTS), os.environ.get("PYTHONPATH", "")]))
-        self.logs = [open(workdir / f"rank{r}.log", "w") for r in range(world)]
-        self.procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(world), str(workdir / "store"),
-                                        str(workdir / "cases.pt"), str(workdir)], env=env, stdout=self.logs[r],
-                                       stderr=subprocess.STDOUT) for r in range(world)]
-        self.deadline = time.monotonic() + HARD_TIMEOUT
-        self._results = None
-
-    def results(self):
-        if self._results is None:
-            try:
-                for proc in self.procs:
-                    proc.wait(timeout=max(0.1, self.deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                for proc in self.procs:
-                    proc.kill()
-                pytest.fail(f"{self.world} ranks did not finish within {HARD_TIMEOUT} s: {self._tails()}")
-            finally:
-                for log in self.logs:
-                    log.close()
-            if any(proc.returncode for proc in self.procs):
-                pytest.fail(f"a rank exited with {[p.returncode for p in self.procs]}: {self._tails()}")
-            self._results = [torch.load(self.workdir / f"rank{r}.pt", weights_only=False) for r in range(self.world)]
-        return self._results
-
-    def _tails(self):
-        return "\n".join((self.workdir / f"rank{r}.log").read_text()[-2000:] for r in range(self.world))
-
-
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory):
     """The one spawn of 3 processes; waited for when a test first needs it."""
-    spawn = Spawn(3, ALL_CASES, tmp_path_factory.mktemp("token-ranks"))
+    spawn = Spawn(WORKER, 3, ALL_CASES, tmp_path_factory.mktemp("token-ranks"), timeout=HARD_TIMEOUT)
     yield spawn
-    for proc in spawn.procs:
-        if proc.poll() is None:
-            proc.kill()
+    spawn.kill()
 
 
 def result_of(spawned, world, case_id):
