@@ -134,7 +134,7 @@ def test_lean_native_exact_on_both_sides_of_its_threshold(monkeypatch, num_class
     monkeypatch.setattr(ce_torch, "_lean_native", lambda *args: taken.append(native(*args)) or taken[-1])
     rng = np.random.default_rng(num_classes)
     for k in (0.5, 0.9, 1.1, 4.0):  # the loss as a multiple of the threshold
-        loss_wanted = k * num_classes * ce_torch._NATIVE_MIN_LOSS
+        loss_wanted = k * num_classes * ce_torch.FLOAT64_LOG_SOFTMAX_MARGIN
         logits = (rng.standard_normal(num_classes) * 0.01).astype(np.float32)
         logits[0] += np.float32(np.log((num_classes - 1) / loss_wanted))  # (C - 1) e^-margin = L
         case = adversarial.Case(f"dominant-{k}", logits, 0)

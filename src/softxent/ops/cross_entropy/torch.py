@@ -32,6 +32,7 @@ from softxent._torch import backend as _backend
 from softxent._torch import checks as _checks
 from softxent._torch import memory as _memory
 from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype
+from softxent.ops.softmax.torch import FLOAT64_LOG_SOFTMAX_MARGIN
 
 
 def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
@@ -563,16 +564,10 @@ def _lean(input, target, options: LossOptions, call: _Call):
     return loss, lse, grad.squeeze(0) if unbatched else grad
 
 
-# torch's own float64 log_softmax of d = x - max x and its backward give the loss L = -lsm_t and the
-# target's gradient entry p_t - 1 within C 2^-53 (the rounding of s = sum_j e^{d_j}, C terms) of exact,
-# absolutely; relative to L that is at most 2^-27 (a sixteenth of a float32 ulp) when L >= C 2^-26. A
-# batch with a row below it (a target holding nearly all the mass) takes `_lean`, exact however small L is.
-_NATIVE_MIN_LOSS = 2.0 ** -26
-
-
 def _lean_native(input, target, options: LossOptions):
     """The loss of a `_is_lean` call on logits below float64 as torch's own float64 ops, differentiated by
-    torch's autograd (double backward and all), or None where `_NATIVE_MIN_LOSS` is not met.
+    torch's autograd (double backward and all), or None where a loss is below
+    `FLOAT64_LOG_SOFTMAX_MARGIN` times C (a target holding nearly all the mass: `_lean`'s log1p form).
 
     d = x - max x is computed in float64 straight from the input (the max is exact and left out of the
     graph, so log_softmax's own shift by max d = 0 is exact too); then nll_loss of log_softmax(d), which
@@ -582,10 +577,13 @@ def _lean_native(input, target, options: LossOptions):
     unbatched = input.dim() == 1
     x = input.unsqueeze(0) if unbatched else input
     labels = target.unsqueeze(0) if unbatched else target
+    if labels.dtype != torch.int64:  # any integer dtype holds class indices; nll_loss takes int64
+        labels = labels.long()
     m = x.detach().amax(dim=1, keepdim=True).to(torch.float64)
     lsm = torch.log_softmax(x - m, 1)  # x - m: float64 (the row max is), one pass over the logits
-    low, high = torch.aminmax(lsm.detach().gather(1, labels.unsqueeze(1).long()))
-    if not (float(high) <= -_NATIVE_MIN_LOSS * x.shape[1] and float(low) > -math.inf):
+    low, high = torch.aminmax(lsm.detach().gather(1, labels.unsqueeze(1)))
+    # -lsm_t is exact where log_softmax is (every loss >= C 2^-26); p_t - 1 too, its error being lsm_t's
+    if not (float(high) <= -FLOAT64_LOG_SOFTMAX_MARGIN * x.shape[1] and float(low) > -math.inf):
         return None  # a dominant target, a NaN or an infinite loss: _lean's exact form, or the general path
     weight = options.weight
     if weight is not None:
