@@ -6,10 +6,11 @@
 
 Cases run from a 32 x 10 classifier to a 128256-token vocabulary, plus K-dimensional (N, C, H, W)
 segmentation inputs, each in float32 and bfloat16, forward alone and forward + backward (the gradient of
-the mean loss into the logits). Every case runs in a fresh process, in which the providers are measured
-side by side with the harness's `measure` (two warm-up calls, the peak extra resident memory of one call,
-then the median of repeated calls). Ratios are torch's time over softxent's (> 1: softxent is faster) and
-softxent's peak extra memory over the logits' own bytes.
+the mean loss into the logits). Every case runs in a fresh process, in which each provider gets two
+warm-up calls and the peak extra resident memory of one call is taken; then the providers are timed
+interleaved (A B A B ..., `_measure`), so that the load of the machine's other tenants falls on all of
+them alike. Ratios are torch's best time over softxent's (> 1: softxent is faster; the medians are in the
+CSV too) and softxent's peak extra memory over the logits' own bytes.
 
 Writes benchmarks/results/torch_shapes-cpu.csv and .json, and a plot (.png, git-ignored) of the ratios
 against the number of logits. Issue 11's goals: forward + backward >= 1.0x torch at every shape (none below
@@ -69,6 +70,7 @@ def _child(shape: tuple[int, ...], dtype_name: str, compile_too: bool, min_time:
         providers["torch.compile"] = torch.compile(F.cross_entropy, dynamic=False)
     x = logits.clone().requires_grad_()
     for mode in MODES:
+        runs = {}
         for name, fn in providers.items():
             if mode == "forward":
                 def run(fn=fn):
@@ -79,33 +81,42 @@ def _child(shape: tuple[int, ...], dtype_name: str, compile_too: bool, min_time:
                     fn(x, target).backward()
                     grad, x.grad = x.grad, None  # held until measured, then freed: the next call starts clean
                     return grad
-            try:
-                row = _measure(run, min_time)
-            except Exception as error:  # noqa: BLE001 - report and go on with the other providers
-                row = {"skipped": f"{type(error).__name__}: {str(error)[:200]}"}
-            row.update(provider=name, mode=mode)
-            print("RESULT " + json.dumps(row), flush=True)
+            runs[name] = run
+        for row in _measure(runs, min_time):
+            print("RESULT " + json.dumps(dict(row, mode=mode)), flush=True)
 
 
-def _measure(run, min_time: float) -> dict:
-    """Two warm-up calls, the peak extra resident memory of one call (as benchmarks/harness.py), then the
-    best and the median of repeated calls. Ratios use the best: on a shared machine a call's time is its
-    work plus whatever the other tenants cost it, and the best is closest to the work."""
+def _measure(runs: dict, min_time: float) -> list[dict]:
+    """Per provider: two warm-up calls and the peak extra resident memory of one call (as
+    benchmarks/harness.py); then the providers timed interleaved, A B C A B C ..., so that a burst of load
+    from the machine's other tenants falls on all of them alike: the best and the median of each. Ratios
+    use the best: on a shared machine a call's time is its work plus whatever the other tenants cost it,
+    and the best is closest to the work."""
     sys.path.insert(0, str(HERE))
     from harness import peak_rss_growth
 
-    for _ in range(2):
-        run()
-    gc.collect()
-    peak = peak_rss_growth(run)
-    times = []
-    deadline = time.perf_counter() + min_time
-    while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 200):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return {"time_s": min(times), "median_s": statistics.median(times), "peak_extra_bytes": max(0, int(peak)),
-            "repeats": len(times)}
+    rows, alive = {}, {}
+    for name, run in runs.items():
+        try:
+            for _ in range(2):
+                run()
+            gc.collect()
+            rows[name] = {"peak_extra_bytes": max(0, int(peak_rss_growth(run)))}
+            alive[name] = run
+        except Exception as error:  # noqa: BLE001 - report and go on with the other providers
+            rows[name] = {"skipped": f"{type(error).__name__}: {str(error)[:200]}"}
+    times = {name: [] for name in alive}
+    deadline = time.perf_counter() + min_time * max(1, len(alive))
+    rounds = 0
+    while rounds < 5 or (time.perf_counter() < deadline and rounds < 200):
+        for name, run in alive.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+        rounds += 1
+    for name, ts in times.items():
+        rows[name].update(time_s=min(ts), median_s=statistics.median(ts), repeats=len(ts))
+    return [dict(row, provider=name) for name, row in rows.items()]
 
 
 # --- the parent ----------------------------------------------------------------------------------------

@@ -137,16 +137,16 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     elif check and path == COMPOSITE:  # the custom op checks inside; here, on the values under any wrapper
         _backend.check_values(_plain(target), _plain(options.weight), input.shape[_class_dim(input)],
                               options.ignore_index, input)
+    lean_alone = path == LEAN and (options.weight is None or not options.weight.requires_grad)
+    if lean_alone and input.dtype != torch.float64 and not return_lse:
+        loss = _small(_lean_native, input, target, options)
+        if loss is not None:
+            return loss
     call = _Call(want_grad=want_grad, inplace=inplace, check=check, return_lse=bool(return_lse),
                  num_items=num_items, path=path, robust=robust)
-    if path == LEAN and (options.weight is None or not options.weight.requires_grad):
-        if input.dtype != torch.float64 and not return_lse:
-            loss = _small(_lean_native, input, target, options)
-            if loss is not None:
-                return loss
-        if not want_grad:  # nothing to differentiate: the forward itself, without autograd.Function's bookkeeping
-            loss, lse, _ = cross_entropy_forward(input, target, options, call)
-            return (loss, lse) if return_lse else loss
+    if lean_alone and not want_grad:  # nothing to differentiate: no autograd.Function's bookkeeping
+        loss, lse, _ = cross_entropy_forward(input, target, options, call)
+        return (loss, lse) if return_lse else loss
     if robust or torch.compiler.is_compiling():
         loss, lse, _ = _CrossEntropyFunction.apply(input, target, options, call)
     else:  # eager: the C apply itself, without Function.apply's per-call inspect.signature (~20 us)
