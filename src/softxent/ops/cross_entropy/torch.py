@@ -539,7 +539,8 @@ def _lean(input, target, options: LossOptions, call: _Call):
     if labels.dtype != torch.int64:
         labels = labels.long()
     m = x.amax(dim=1, keepdim=True).to(torch.float64)
-    e = x - m  # float64 (the row max is), one pass over the logits
+    # in float64, converted first (torch's mixed-dtype subtraction is unvectorised), never in place on x
+    e = torch.sub(x, m) if x.dtype == torch.float64 else x.to(torch.float64).sub_(m)
     d_t = e.gather(1, labels)
     e = e.exp_().scatter_(1, labels, 0.0)  # e off the target: the gradient's buffer
     rest = e.sum(dim=1, keepdim=True)
@@ -580,7 +581,9 @@ def _lean_native(input, target, options: LossOptions):
     if labels.dtype != torch.int64:  # any integer dtype holds class indices; nll_loss takes int64
         labels = labels.long()
     m = x.detach().amax(dim=1, keepdim=True).to(torch.float64)
-    lsm = torch.log_softmax(x - m, 1)  # x - m: float64 (the row max is), one pass over the logits
+    # x - m in float64 (x below float64, so .to copies), converted first: the mixed-dtype subtraction
+    # is unvectorised
+    lsm = torch.log_softmax(x.to(torch.float64).sub_(m), 1)
     low, high = torch.aminmax(lsm.detach().gather(1, labels.unsqueeze(1)))
     # -lsm_t is exact where log_softmax is (every loss >= C 2^-26); p_t - 1 too, its error being lsm_t's
     if not (float(high) <= -FLOAT64_LOG_SOFTMAX_MARGIN * x.shape[1] and float(low) > -math.inf):

@@ -205,7 +205,7 @@ def _native(log: bool, x: torch.Tensor, dim: int, temperature: float) -> torch.T
         return None
     if log:
         m = x.detach().amax(dim, keepdim=True).to(torch.float64)
-        out = torch.log_softmax(x - m, dim)  # x - m: float64 (the row max is), exact
+        out = torch.log_softmax(x.to(torch.float64).sub_(m), dim)  # exact; x below float64: .to copies
         exact = float(out.detach().amax()) <= -FLOAT64_LOG_SOFTMAX_MARGIN * x.shape[dim]  # False on NaN
     else:
         out = torch.softmax(x, dim, dtype=torch.float64)
