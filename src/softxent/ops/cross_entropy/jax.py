@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from softxent import _validation as v
 from softxent._jax import arrays as ja
@@ -254,10 +255,7 @@ def check_inputs(logits: Any, target: Any, *, axis: int = -1, weight: Any = None
         ...
         ValueError: target holds class index 3 at position (1,), outside [0, 3) and not ignore_index (-100)
     """
-    logits = ja.as_float(logits, "logits")
-    if logits.ndim == 0:
-        raise ValueError("logits must have at least one dimension (the classes); got a scalar")
-    (class_axis,) = _class_axis(axis, logits.ndim, "check_inputs")
+    logits, class_axis = checked_logits(logits, axis, "check_inputs")
     target = ja.as_labels(target, "target")
     num_classes = logits.shape[class_axis]
     kind = spec.check_target(logits.shape, ja.kind_view(target), class_axis)
@@ -289,10 +287,14 @@ def check_inputs(logits: Any, target: Any, *, axis: int = -1, weight: Any = None
                        value=weight[index].astype(jnp.float32), index=index)
 
 
-def _class_axis(axis, ndim, name):
+def checked_logits(logits, axis, name):
+    """(logits as a float array, its one class axis) for the function `name`, or the other layers' errors."""
+    logits = ja.as_float(logits, "logits")
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least one dimension (the classes); got a scalar")
     if axis is None or isinstance(axis, tuple):
         raise TypeError(f"axis must be an int for {name} (one class axis); got {axis!r}")
-    return v.normalize_axes(axis, ndim)
+    return logits, v.normalize_axes(axis, logits.ndim)[0]
 
 
 # --- the public function ----------------------------------------------------------------------------------
@@ -351,12 +353,9 @@ def cross_entropy(logits: Any, target: Any, *, axis: int = -1, weight: Any = Non
     References: Blanchard, Higham & Higham (2021); Chowdhery et al. (2022), PaLM (z-loss); Gemma Team
     (2024), Gemma 2 (softcap); Szegedy et al. (2016) (label smoothing).
     """
-    logits = ja.as_float(logits, "logits")
-    if logits.ndim == 0:
-        raise ValueError("logits must have at least one dimension (the classes); got a scalar")
+    logits, class_axis = checked_logits(logits, axis, "cross_entropy")
     options = LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                           z_loss=z_loss, softcap=softcap, temperature=temperature)
-    (class_axis,) = _class_axis(axis, logits.ndim, "cross_entropy")
     target = ja.as_labels(target, "target")
     num_classes = logits.shape[class_axis]
     problem, weight, num_items = checked_problem(logits.shape, num_classes, target, weight, num_items, options,
@@ -375,12 +374,18 @@ def cross_entropy(logits: Any, target: Any, *, axis: int = -1, weight: Any = Non
     return loss.reshape(batch_shape) if options.reduction == "none" else loss
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(4,))
+@partial(jax.custom_jvp, nondiff_argnums=(4,))
 def _cross_entropy(rows, target, weight, num_items, problem):
+    # the loss alone: XLA drops the gradient's work, which this output does not use
     return _forward(rows, target, weight, num_items, problem)[0]
 
 
-def _forward(rows, target, weight, num_items, problem: Problem):
+def _forward(rows, target, weight, num_items, problem: Problem, target_grad: bool = False):
+    """(loss, d loss / d rows, d loss / d target or None): one fused sweep over the rows.
+
+    The gradients are those of the returned loss (for "none", of each row's own loss). `target_grad`
+    (probability targets only) adds ``d loss / d p_j = s (1 - eps) w_j (lse - z_j)``, s the row's scale.
+    """
     options = problem.options
     work = ja.work_dtype(rows.dtype)
     num_rows = rows.shape[0]
@@ -388,6 +393,7 @@ def _forward(rows, target, weight, num_items, problem: Problem):
     probs = target.astype(work) if problem.kind == spec.PROBS else None
     denom = denominator(problem, labels, weight, num_rows, num_items, work)
     scale = spec.gradient_scale(jnp, denom, work)
+    d_target = None
     if num_rows and problem.num_classes:
         z, t = softcapped(rows.astype(work), options)
         stats = row_stats(z, options.temperature)
@@ -397,20 +403,59 @@ def _forward(rows, target, weight, num_items, problem: Problem):
         coef_cols = None
         if problem.kind == spec.PROBS:
             coef_cols = spec.probability_coefficients(jnp, probs, weight, options, problem.num_classes, work)
+            if target_grad:
+                d_target = target_gradient(stats, plan, weight_cols, problem).astype(target.dtype)
         grad = grad_columns(stats.e, columns, plan, problem, weight_cols, coef_cols)
         grad = finish_grad(grad, plan, t, options, rows.dtype)
     else:  # empty batch or no classes: "none" gives an empty array (or zeros), "mean" and "sum" 0 (rule 5)
         losses = jnp.zeros((num_rows,), work)
         grad = jnp.zeros(rows.shape, rows.dtype)
+        if target_grad:
+            d_target = jnp.zeros(target.shape, target.dtype)
     loss = spec.reduce(jnp, losses, options.reduction, denom).astype(rows.dtype)
-    return loss, grad
+    return loss, grad, d_target
 
 
-def _backward(problem, grad, g):
-    g = g[..., None] if problem.options.reduction == "none" else g
-    return grad * g.astype(grad.dtype), None, None, None
+def target_gradient(stats: RowStats, plan: RowPlan, weight_cols, problem: Problem):
+    """d loss / d p_j = s (1 - eps) w_j (L - d_j): -log q_j, the exact gap's low part kept, times the
+    share of p in the coefficients (spec.probability_coefficients) and the row's scale s; 0 in rows that
+    do not count (fully masked), +inf where q_j = 0 (a -inf logit), as the torch layer."""
+    on_target, _ = spec.smoothing_split(problem.options.label_smoothing, problem.num_classes)
+    d_lo = jnp.where(stats.d == stats.d_c, stats.d_lo, 0.0)  # no low part where the gap is clamped
+    minus_log_q = (stats.log_sum[..., None] - stats.d) - d_lo
+    share = plan.s * on_target
+    grad = share[..., None] * minus_log_q if weight_cols is None else share[..., None] * weight_cols * minus_log_q
+    return jnp.where(plan.kept[..., None], grad, 0.0)
 
 
-_cross_entropy.defvjp(_forward, _backward)
+def _is_zero(tangent) -> bool:
+    return tangent is None or isinstance(tangent, SymbolicZero)
+
+
+def _contract(grad, tangent, problem: Problem, work):
+    """<grad, tangent> per row for "none", over everything otherwise: the loss's tangent."""
+    product = grad.astype(work) * tangent.astype(work)
+    return jnp.sum(product, axis=-1) if problem.options.reduction == "none" else jnp.sum(product)
+
+
+def _cross_entropy_jvp(problem, primals, tangents):
+    """Forward mode, and through it reverse mode: the tangent <gradient, d rows> (+ <d loss / d p, d p>)
+    is linear in the tangents, so JAX's transpose keeps the gradient as the only residual and the
+    backward is one multiplication by the cotangent. The gradient itself is differentiable JAX code,
+    so jax.hessian and jax.jacfwd work; class weights and num_items are constants."""
+    rows, target, weight, num_items = primals
+    d_rows, d_target = tangents[0], tangents[1]
+    wants_target = problem.kind == spec.PROBS and not _is_zero(d_target)
+    loss, grad, target_grad = _forward(rows, target, weight, num_items, problem, target_grad=wants_target)
+    work = ja.work_dtype(rows.dtype)
+    tangent = jnp.zeros(loss.shape, work)
+    if not _is_zero(d_rows):
+        tangent = tangent + _contract(grad, d_rows, problem, work)
+    if wants_target:
+        tangent = tangent + _contract(target_grad, d_target, problem, work)
+    return loss, tangent.astype(loss.dtype)
+
+
+_cross_entropy.defjvp(_cross_entropy_jvp, symbolic_zeros=True)
 # one compiled program per call signature: eager JAX would compile each of the kernel's ops on its own
 _cross_entropy_jit = jax.jit(_cross_entropy, static_argnums=(4,))

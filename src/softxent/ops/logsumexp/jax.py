@@ -137,6 +137,15 @@ def shifted_exp(z: jax.Array, center: jax.Array, temperature: float = 1.0):
     e = exp(d_c) (1 + d_lo), exp of the unrounded gap to first order. Steps 1-2 of `row_stats`, also
     run on a slice of columns by the chunked and the vocab-parallel losses.
     """
+    d, s, d_lo = _gaps(z, center, temperature)
+    d_c = jnp.maximum(s, -_clamp(z.dtype))
+    e = jnp.exp(d_c)
+    return d, d_c, d_lo, e + e * d_lo
+
+
+def _gaps(z, center, temperature):
+    """(d, s, d_lo): the gap as computed, its hi part from the clamped scores (>= about -CLAMP, finite)
+    and the exact low part; exp(s) is already 0 where s is below -CLAMP."""
     c = center[..., None]
     clamp = _clamp(z.dtype)
     big = float(jnp.finfo(z.dtype).max)
@@ -149,9 +158,7 @@ def shifted_exp(z: jax.Array, center: jax.Array, temperature: float = 1.0):
     if temperature != 1.0:
         # (z - m) / T after the shift, never z / T before it (which overflows)
         d, s, d_lo = d / temperature, s / temperature, d_lo / temperature
-    d_c = jnp.maximum(s, -clamp)
-    e = jnp.exp(d_c)
-    return d, d_c, d_lo, e + e * d_lo
+    return d, s, d_lo
 
 
 def exp_sums(raw, cap, center, temperature: float = 1.0):
@@ -164,7 +171,12 @@ def exp_sums(raw, cap, center, temperature: float = 1.0):
     barrier would be written out as an (N, V) array. The count uses exp of the rounded gap: it is 1
     exactly where the corrected e is (a gap whose low part matters has |d| far above 2^-24).
     """
-    e = shifted_exp(jnp.minimum(raw, cap[..., None]), center, temperature)[3]
+    # e without shifted_exp's clamp of the gap (exp(s) is 0 there anyway): a constant operand of a
+    # reduction's fusion is written out as an (N, V) broadcast on XLA's CPU backend (measured: a full
+    # extra pass, and a fresh (N, V) buffer to fault in)
+    _, s, d_lo = _gaps(jnp.minimum(raw, cap[..., None]), center, temperature)
+    e = jnp.exp(s)
+    e = e + e * d_lo
     below = jnp.sum(e - jnp.floor(e), axis=-1)
     # the count over a (..., V / k, k) view of the rows, reduced over both axes: XLA then does not fuse
     # it with `below` into one multi-output loop (whose operands its CPU backend writes out as (N, V));
@@ -172,8 +184,9 @@ def exp_sums(raw, cap, center, temperature: float = 1.0):
     v = raw.shape[-1]
     k = next(k for k in (128, 64, 32, 16, 8, 4, 2, 1) if v % k == 0)
     raw2 = raw.reshape(raw.shape[:-1] + (v // k, k))
-    cap2, center2 = cap[..., None, None], center[..., None, None]
-    gap = jnp.maximum(jnp.minimum(raw2, cap2) - center2, -_clamp(raw.dtype) * temperature)
+    # no clamp here: exp(-inf) is 0 and floor(exp(gap)) is 0 below the max, and a scalar operand of the
+    # reduction's fusion is written out as a (N, V) broadcast on XLA's CPU backend (measured: a full pass)
+    gap = jnp.minimum(raw2, cap[..., None, None]) - center[..., None, None]
     ties = jnp.sum(jnp.floor(jnp.exp(gap / temperature if temperature != 1.0 else gap)), axis=(-2, -1))
     return below, ties
 
@@ -211,8 +224,8 @@ def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, where: Any = None) -> ja
 
     Shifting by the max keeps exp from overflowing; the gap ``x_j - m`` is split exactly (TwoSum) and
     the max's own term (exactly 1) stays out of the sum, so log1p keeps the result exact in float32
-    without x64 (the row kernel: this module's docstring). Differentiable by ``jax.custom_vjp``: the
-    gradient is ``softmax(x)`` (``b_j e^{x_j} / sum``), computed in the forward sweep. Works under jit,
+    without x64 (the row kernel: this module's docstring). Differentiable by ``jax.custom_jvp`` (either
+    mode, any order): the gradient is ``softmax(x)`` (``b_j e^{x_j} / sum``), computed in the forward sweep. Works under jit,
     grad, vmap and shard_map; float16 and bfloat16 are accumulated in float32 (rule 8 of docs/semantics.md).
 
     Args:
@@ -258,7 +271,16 @@ def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, where: Any = None) -> ja
     return _lse_b_jit(rows, ja.axes_last(b, axes)).reshape(out_shape)
 
 
-@jax.custom_vjp
+# custom_jvp: the tangent <gradient, dx> is linear in dx, so JAX's transpose keeps the gradient as the
+# only residual (as a custom_vjp would) while forward mode and higher derivatives work too
+
+
+def _contract(grad, tangent):
+    work = ja.work_dtype(grad.dtype)
+    return jnp.sum(grad.astype(work) * tangent.astype(work), axis=-1)
+
+
+@jax.custom_jvp
 def _lse(rows):
     return _lse_fwd(rows)[0]
 
@@ -268,16 +290,17 @@ def _lse_fwd(rows):
     return stats.lse.astype(rows.dtype), stats.probs.astype(rows.dtype)
 
 
-def _lse_bwd(probs, g):
+@_lse.defjvp
+def _lse_jvp(primals, tangents):
     # d lse / dx = softmax(x): the residual is the gradient itself; masked rows hold zeros
-    return (probs * g[..., None].astype(probs.dtype),)
+    lse, probs = _lse_fwd(primals[0])
+    return lse, _contract(probs, tangents[0]).astype(lse.dtype)
 
 
-_lse.defvjp(_lse_fwd, _lse_bwd)
 _lse_jit = jax.jit(_lse)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _lse_b(rows, b):
     return _lse_b_fwd(rows, b)[0]
 
@@ -299,11 +322,11 @@ def _lse_b_fwd(rows, b):
     return lse.astype(rows.dtype), (grad_x.astype(rows.dtype), grad_b.astype(rows.dtype))
 
 
-def _lse_b_bwd(residual, g):
-    grad_x, grad_b = residual
-    g = g[..., None].astype(grad_x.dtype)
-    return grad_x * g, grad_b * g
+@_lse_b.defjvp
+def _lse_b_jvp(primals, tangents):
+    lse, (grad_x, grad_b) = _lse_b_fwd(*primals)
+    dx, db = tangents
+    return lse, (_contract(grad_x, dx) + _contract(grad_b, db)).astype(lse.dtype)
 
 
-_lse_b.defvjp(_lse_b_fwd, _lse_b_bwd)
 _lse_b_jit = jax.jit(_lse_b)

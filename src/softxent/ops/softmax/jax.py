@@ -1,4 +1,4 @@
-"""softmax and log-softmax for JAX, with `jax.custom_vjp` gradients.
+"""softmax and log-softmax for JAX, with `jax.custom_jvp` derivatives (any order, either mode).
 
 Both share the row kernel of ops/logsumexp/jax.py (the shift split exactly, the sum without the
 max's own term, log1p), so log_softmax is exact in float32 without x64 and softmax is as exact as a
@@ -34,7 +34,8 @@ def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = No
     .. math:: \\mathrm{softmax}(x)_j = \\frac{e^{(x_j - m)/T}}{\\sum_k e^{(x_k - m)/T}}, \\quad m = \\max_k x_k
 
     Shifted by the max before the temperature divides (``x / T`` first overflows). The gradient,
-    ``p * (g - sum_k p_k g_k) / T``, comes from ``jax.custom_vjp`` with the output as its only residual.
+    ``p * (g - sum_k p_k g_k) / T``, comes from ``jax.custom_jvp`` (forward and reverse mode, higher
+    derivatives) with the output as its only residual.
 
     Args:
         x: real array; integers are taken as the default float dtype; 16-bit floats work in float32.
@@ -64,8 +65,9 @@ def log_softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any 
        e^{d_k}\\Big), \\quad d = (x - \\max x) / T
 
     Both terms are <= 0, so nothing cancels: within 2 ulp (float32, without x64) / 4 ulp (float64) of
-    exact. The gradient ``(g - softmax(x) sum_k g_k) / T`` comes from ``jax.custom_vjp`` with the
-    output as its only residual; a fully masked row has gradient 0.
+    exact. The gradient ``(g - softmax(x) sum_k g_k) / T`` comes from ``jax.custom_jvp`` (forward and
+    reverse mode, higher derivatives) with the output as its only residual; a fully masked row has
+    gradient 0.
 
     Args:
         x: real array; integers are taken as the default float dtype.
@@ -84,7 +86,12 @@ def log_softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any 
     return ja.axes_restore(_log_softmax_jit(ja.axes_last(x, axes), temperature), x.shape, axes)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+# custom_jvp rather than custom_vjp: the tangent rules below are linear in the tangent, so JAX's
+# transpose gives the same backward (the output as the residual) and forward mode (jax.jacfwd,
+# jax.hessian) works as well; the rules are JAX code that can be differentiated again.
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _softmax(rows, temperature):
     return _softmax_fwd(rows, temperature)[0]
 
@@ -92,24 +99,25 @@ def _softmax(rows, temperature):
 def _softmax_fwd(rows, temperature):
     stats = row_stats(rows.astype(ja.work_dtype(rows.dtype)), temperature)
     probs = stats.probs.astype(rows.dtype)
-    # fully masked rows and rows holding +inf are constant in x (their limits): gradient 0 (rule 2)
-    return probs, (probs, stats.masked | stats.infinite)
+    # fully masked rows and rows holding +inf are constant in x (their limits): derivative 0 (rule 2)
+    return probs, stats.masked | stats.infinite
 
 
-def _softmax_bwd(temperature, residual, g):
-    probs, constant = residual
+def _softmax_jvp(temperature, primals, tangents):
+    # d softmax = p * (dx - <p, dx>) / T
+    probs, constant = _softmax_fwd(primals[0], temperature)
     work = ja.work_dtype(probs.dtype)
-    p, g = probs.astype(work), g.astype(work)
-    dot = jnp.sum(p * g, axis=-1, keepdims=True)
-    grad = jnp.where(constant[..., None], 0.0, p * (g - dot) / temperature)
-    return (grad.astype(probs.dtype),)
+    p, dx = probs.astype(work), tangents[0].astype(work)
+    dot = jnp.sum(p * dx, axis=-1, keepdims=True)
+    tangent = jnp.where(constant[..., None], 0.0, p * (dx - dot) / temperature)
+    return probs, tangent.astype(probs.dtype)
 
 
-_softmax.defvjp(_softmax_fwd, _softmax_bwd)
+_softmax.defjvp(_softmax_jvp)
 _softmax_jit = jax.jit(_softmax, static_argnums=(1,))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _log_softmax(rows, temperature):
     return _log_softmax_fwd(rows, temperature)[0]
 
@@ -122,17 +130,17 @@ def _log_softmax_fwd(rows, temperature):
     out = (stats.d - log_sum[..., None]) + d_lo
     # a row holding +inf: -inf off its +inf entries (the kernel shifted them by the largest float)
     out = jnp.where(stats.infinite[..., None] & (stats.z < stats.center[..., None]), -jnp.inf, out)
-    out = out.astype(rows.dtype)
-    return out, (out, stats.masked | stats.infinite)
+    return out.astype(rows.dtype), stats.masked | stats.infinite
 
 
-def _log_softmax_bwd(temperature, residual, g):
-    out, constant = residual  # fully masked and +inf rows: constant in x, gradient 0 (rule 2)
+def _log_softmax_jvp(temperature, primals, tangents):
+    # d log_softmax = (dx - <softmax, dx>) / T; fully masked and +inf rows are constant (rule 2)
+    out, constant = _log_softmax_fwd(primals[0], temperature)
     work = ja.work_dtype(out.dtype)
-    lp, g = out.astype(work), g.astype(work)
-    grad = (g - jnp.exp(lp) * jnp.sum(g, axis=-1, keepdims=True)) / temperature
-    return (jnp.where(constant[..., None], 0.0, grad).astype(out.dtype),)
+    lp, dx = out.astype(work), tangents[0].astype(work)
+    tangent = (dx - jnp.sum(jnp.exp(lp) * dx, axis=-1, keepdims=True)) / temperature
+    return out, jnp.where(constant[..., None], 0.0, tangent).astype(out.dtype)
 
 
-_log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
+_log_softmax.defjvp(_log_softmax_jvp)
 _log_softmax_jit = jax.jit(_log_softmax, static_argnums=(1,))

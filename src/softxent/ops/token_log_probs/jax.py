@@ -24,7 +24,7 @@ from softxent import _validation as v
 from softxent._jax import arrays as ja
 from softxent._options import LossOptions
 from softxent.ops.cross_entropy import spec
-from softxent.ops.cross_entropy.jax import Problem, chain, softcapped, target_gap_of
+from softxent.ops.cross_entropy.jax import Problem, chain, checked_logits, softcapped, target_gap_of
 from softxent.ops.linear_cross_entropy.jax import (checked_layer, chunk_sizes, column_sweep, logits_of,
                                                    row_sweep)
 from softxent.ops.logsumexp.jax import RowStats, limit_rows, row_stats, shifted_exp
@@ -98,8 +98,8 @@ def token_log_probs(logits: Any, target: Any, *, axis: int = -1, temperature: fl
     .. math:: \\log p_t = -\\big((-d_t) + L\\big), \\qquad H = L + \\sum_j p_j\\,(-d_j),
        \\quad d = (\\mathrm{softcap}(x) - m) / T,\\ L = \\log\\sum_j e^{d_j}
 
-    Both exact in float32 without x64 (terms >= 0). Differentiable by ``jax.custom_vjp`` with the
-    Jacobian rows computed in the forward sweep. Ignored and fully masked rows give 0 and a zero
+    Both exact in float32 without x64 (terms >= 0). Differentiable by ``jax.custom_jvp`` (either mode,
+    any order) with the Jacobian rows computed in the forward sweep. Ignored and fully masked rows give 0 and a zero
     gradient. Same as ``-cross_entropy(logits, target, reduction="none")`` for the log-probabilities.
 
     Args:
@@ -124,12 +124,7 @@ def token_log_probs(logits: Any, target: Any, *, axis: int = -1, temperature: fl
 
     References: Blanchard, Higham & Higham (2021); Schulman et al. (2017), PPO (the entropy bonus).
     """
-    logits = ja.as_float(logits, "logits")
-    if logits.ndim == 0:
-        raise ValueError("logits must have at least one dimension (the classes); got a scalar")
-    if axis is None or isinstance(axis, tuple):
-        raise TypeError(f"axis must be an int for token_log_probs (one class axis); got {axis!r}")
-    (class_axis,) = v.normalize_axes(axis, logits.ndim)
+    logits, class_axis = checked_logits(logits, axis, "token_log_probs")
     options = LossOptions(ignore_index=ignore_index, softcap=softcap, temperature=temperature)
     target = ja.as_labels(target, "target")
     num_classes = logits.shape[class_axis]
@@ -141,12 +136,13 @@ def token_log_probs(logits: Any, target: Any, *, axis: int = -1, temperature: fl
     return (lp, h.reshape(target.shape)) if return_entropy else lp
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _token(rows, labels, static):
     return _token_fwd(rows, labels, static)[0]
 
 
 def _token_fwd(rows, labels, static):
+    """((log_probs, entropy), (d log_probs / d rows, d entropy / d rows or None)), one row pass."""
     problem, with_entropy = static
     options = problem.options
     work, out = ja.work_dtype(rows.dtype), _out_dtype(rows.dtype)
@@ -168,16 +164,18 @@ def _token_fwd(rows, labels, static):
     return (lp.astype(out), h.astype(out)), (d_lp, d_h)
 
 
-def _token_bwd(static, residual, cotangents):
-    d_lp, d_h = residual
-    g_lp, g_h = cotangents
-    grad = d_lp * g_lp[:, None].astype(d_lp.dtype)
-    if d_h is not None:
-        grad = grad + d_h * g_h[:, None].astype(d_h.dtype)
-    return grad, None
+def _token_jvp(static, primals, tangents):
+    # the tangents <Jacobian row, d rows> are linear: JAX's transpose keeps the Jacobian rows as the
+    # only residuals, and forward mode and higher derivatives work (custom_jvp, not custom_vjp)
+    (lp, h), (d_lp, d_h) = _token_fwd(primals[0], primals[1], static)
+    work = ja.work_dtype(d_lp.dtype)
+    d_rows = tangents[0].astype(work)
+    t_lp = jnp.sum(d_lp.astype(work) * d_rows, axis=-1).astype(lp.dtype)
+    t_h = jnp.zeros_like(h) if d_h is None else jnp.sum(d_h.astype(work) * d_rows, axis=-1).astype(h.dtype)
+    return (lp, h), (t_lp, t_h)
 
 
-_token.defvjp(_token_fwd, _token_bwd)
+_token.defjvp(_token_jvp)
 _token_jit = jax.jit(_token, static_argnums=(2,))
 
 
