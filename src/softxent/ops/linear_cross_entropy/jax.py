@@ -34,6 +34,7 @@ from softxent._options import LossOptions
 from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.jax import (Problem, RowPlan, checked_problem, denominator, finish_grad,
                                             grad_columns, row_losses, softcapped)
+from softxent.ops.linear_cross_entropy.numpy import check_layer_shapes
 from softxent.ops.logsumexp.jax import limit_rows, row_stats, shifted_exp
 
 # Logits per chunk, about 4M (16 MiB in float32): XLA keeps a few chunk-sized temporaries alive (the
@@ -42,18 +43,10 @@ CHUNK_ELEMENTS = 1 << 22
 
 
 def checked_layer(x: Any, w: Any, bias: Any):
-    x = ja.as_float(x, "x")
-    w = ja.as_float(w, "w")
-    if x.ndim < 1:
-        raise ValueError("x must have at least one dimension (the features); got a scalar")
-    if w.ndim != 2:
-        raise ValueError(f"w must have shape (V, D), two dimensions; got shape {tuple(w.shape)}")
-    if w.shape[1] != x.shape[-1]:
-        raise ValueError(f"w must have shape (V, {x.shape[-1]}) to match x's last dimension {x.shape[-1]}; "
-                         f"got shape {tuple(w.shape)}")
-    if bias is not None:
-        bias = ja.as_float(bias, "bias")
-        v.check_same_shape((w.shape[0],), tuple(bias.shape), "w's first dimension", "bias")
+    """x, w, bias as JAX float arrays, with the NumPy layer's shape rule (one rule, one set of messages)."""
+    x, w = ja.as_float(x, "x"), ja.as_float(w, "w")
+    bias = None if bias is None else ja.as_float(bias, "bias")
+    check_layer_shapes(x.shape, w.shape, None if bias is None else bias.shape)
     return x, w, bias
 
 

@@ -175,14 +175,20 @@ class _Accumulator:
 def _checked_layer(x: Any, w: Any, bias: Any):
     x = as_float_array(x, "x")
     w = as_float_array(w, "w")
-    if x.ndim < 1:
-        raise ValueError("x must have at least one dimension (the features); got a scalar")
-    if w.ndim != 2:
-        raise ValueError(f"w must have shape (V, D), two dimensions; got shape {w.shape}")
-    if w.shape[1] != x.shape[-1]:
-        raise ValueError(f"w must have shape (V, {x.shape[-1]}) to match x's last dimension {x.shape[-1]}; "
-                         f"got shape {w.shape}")
-    if bias is not None:
-        bias = as_float_array(bias, "bias")
-        v.check_same_shape((w.shape[0],), bias.shape, "w's first dimension", "bias")
+    bias = None if bias is None else as_float_array(bias, "bias")
+    check_layer_shapes(x.shape, w.shape, None if bias is None else bias.shape)
     return x, w, bias
+
+
+def check_layer_shapes(x_shape: tuple, w_shape: tuple, bias_shape: tuple | None) -> None:
+    """The linear layer's shape rule, for every layer: x (..., D), w (V, D), bias (V,) or None."""
+    x_shape, w_shape = tuple(x_shape), tuple(w_shape)
+    if len(x_shape) < 1:
+        raise ValueError("x must have at least one dimension (the features); got a scalar")
+    if len(w_shape) != 2:
+        raise ValueError(f"w must have shape (V, D), two dimensions; got shape {w_shape}")
+    if w_shape[1] != x_shape[-1]:
+        raise ValueError(f"w must have shape (V, {x_shape[-1]}) to match x's last dimension {x_shape[-1]}; "
+                         f"got shape {w_shape}")
+    if bias_shape is not None:
+        v.check_same_shape((w_shape[0],), tuple(bias_shape), "w's first dimension", "bias")
