@@ -1,8 +1,9 @@
 """softxent for JAX (``import softxent.jax as sxj``): the same exact, fused losses under jit, grad, vmap
 and shard_map.
 
-Every function is pure and traceable; gradients come from ``jax.custom_vjp``, computed in the forward
-sweep. The rules (target kind, coefficients, the mean's denominator, the reduction) are the ones the
+Every function is pure and traceable; gradients come from custom rules computed in the forward sweep
+(``jax.custom_jvp`` for the row functions, which also serves forward mode and jax.hessian;
+``jax.custom_vjp`` for the chunked linear forms and the vocab-parallel loss). The rules (target kind, coefficients, the mean's denominator, the reduction) are the ones the
 NumPy and torch layers run: ``softxent.ops.cross_entropy.spec`` called with ``xp = jax.numpy``.
 
 Exactness without x64: float32 rows are worked in float32 with the gap to the max split exactly

@@ -9,8 +9,12 @@ and torch layers call. This module only computes rows:
 2. the loss ``sum_j a_j (L - d_j) + z_loss lse^2``, a sum of terms >= 0;
 3. the gradient ``s (A + 2 z_loss lse) p_j - s a_j`` (A = sum_j a_j, s the mean's scale), with the
    target's entry at the max computed as ``-sum_{j != t} p_j`` (rule 11), then softcap's and T's chain
-   rule -- all in the forward sweep, so `jax.custom_vjp` keeps the gradient as its only residual and
-   the backward is one multiplication by the cotangent.
+   rule -- all in the forward sweep. `jax.custom_jvp` gives the loss's tangent as <gradient, d logits>,
+   linear in the tangent: reverse mode (JAX's transpose) keeps the gradient as its only residual and
+   the backward is one multiplication by the cotangent; forward mode and second derivatives
+   (jax.hessian) differentiate this module's code again. For probability targets the tangent adds
+   <d loss / d p, d p>, with ``d loss / d p_j = s (1 - eps) w_j (L - d_j)`` computed only when the
+   target is differentiated (symbolic zeros tell).
 
 Value checks under jit: JAX cannot raise on traced values. Eager calls (concrete arrays) run the spec's
 value checks and raise ValueError as the other layers do. Under jit the checks that read values do
@@ -40,7 +44,7 @@ from softxent.ops.logsumexp.jax import RowStats, row_stats
 
 
 class Problem(NamedTuple):
-    """Static facts of one call: custom_vjp's non-differentiable argument and a jit static argument,
+    """Static facts of one call: custom_jvp's non-differentiable argument and a jit static argument,
     so equal by value (two calls with the same options share one compiled function)."""
 
     options: LossOptions
@@ -318,9 +322,11 @@ def cross_entropy(logits: Any, target: Any, *, axis: int = -1, weight: Any = Non
     False entries leave the softmax as -inf logits do, with gradient 0 there and a fully masked row
     giving loss 0 and gradient 0 (optax's `where` gives NaN gradients there).
 
-    Gradients by ``jax.custom_vjp`` computed in the forward sweep: the gradient is the only residual.
-    The targets and class weights are constants (their cotangent is zero). Pure and traceable under
-    jit, grad, vmap, nesting; float32, bfloat16 (accumulated in float32) and float64 with x64.
+    Derivatives by ``jax.custom_jvp``, the gradient computed in the forward sweep and kept as the only
+    residual; forward mode and higher derivatives (``jax.hessian``, ``jax.jacfwd``) work too. A
+    probability target is differentiable (``d loss / d p_j = s (1 - eps) w_j (lse - z_j)``, s the
+    reduction's scale); class weights and `num_items` are constants. Pure and traceable under jit, grad,
+    vmap, nesting; float32, bfloat16 (accumulated in float32) and float64 with x64.
 
     Errors: shapes and options raise ValueError / TypeError at trace time with the other layers'
     messages. Value checks (labels in range, probabilities >= 0, weights >= 0) raise on eager calls;
