@@ -162,6 +162,12 @@ def target_shape_error(index_shape: Sequence[int], logits_shape: Sequence[int], 
     )
 
 
+def probabilities_target_error(target_shape: Sequence[int], logits_name: str = "logits") -> TypeError:
+    """A probabilities target where only class indices are taken (token log-probs, distillation's rows)."""
+    return TypeError(f"target must hold class indices (the shape of {logits_name} without the class axis, an "
+                     f"integer dtype); got probabilities of shape {_shape(target_shape)}")
+
+
 def check_weight_shape(weight_shape: Sequence[int], num_classes: int, name: str = "weight") -> None:
     if tuple(weight_shape) != (num_classes,):
         raise ValueError(

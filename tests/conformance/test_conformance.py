@@ -69,9 +69,6 @@ _TOKEN_FLOAT32 = ("token_log_probs float32 (torch CPU, Triton, vocab-parallel ke
                   "in float32, so the rounding of d - L (|d| eps / 2) comes back as |d| eps / 2 relative in p: "
                   "5-8 ulp in the gradient at |d| ~ 10-90 (cross_entropy's CPU kernel works float32 logits in "
                   "float64 for this reason: torch_cpu.work_dtype)")
-_TARGET_MESSAGE = ("softxent.torch words a probabilities target differently from NumPy and JAX ('target must hold "
-                   "class indices of shape (3,); got probabilities ...' against '... (the shape of logits without "
-                   "the class axis, an integer dtype); got probabilities of shape (3, 4)')")
 _DIST_TARGET_MESSAGE = ("vocab_parallel_token_log_probs words a probabilities target its own way ('global class ids "
                         "of shape local_logits.shape[:-1]; got probabilities', without the shape it got)")
 KNOWN_BUGS: dict[tuple[str, str], str] = {
@@ -86,8 +83,6 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {
        for layer in ("torch", "triton", "dist1", "dist2")
        for name, reason in (("10-T1.0", _TOKEN_FLOAT32), ("25-T0.5", _TOKEN_SUBNORMAL),
                             ("45-T1.0", _TOKEN_SUBNORMAL), ("45-T0.5", _TOKEN_SUBNORMAL))},
-    **{(f"{op}-error-{name}", layer): _TARGET_MESSAGE for layer in ("torch", "triton")
-       for op, name in (("token_log_probs", "probabilities"), ("distillation_loss", "target-probabilities"))},
     **{("token_log_probs-error-probabilities", layer): _DIST_TARGET_MESSAGE for layer in ("dist1", "dist2")},
     **{(f"{op}-{dtype}-{name}", "jax"): _JAX_SUBNORMAL for dtype in ("float32", "float64")
        for op in ("logsumexp", "log_softmax", "softmax")

@@ -102,13 +102,14 @@ def _denominator(target, num_rows: int, num_classes: int, problem: _Problem, acc
                                 num_items=problem.num_items, device=device)
 
 
-def _check_target(target, batch_shape: tuple, num_classes: int, problem: _Problem, reference, check: bool):
+def _check_target(target, batch_shape: tuple, num_classes: int, problem: _Problem, reference, check: bool,
+                  logits_name: str = "student_logits"):
     if target is None:
         return
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor or None; got {type(target).__name__}")
     if spec.check_target(tuple(batch_shape) + (num_classes,), target, len(batch_shape)) != spec.INDEX:
-        raise TypeError(f"target must hold class indices of shape {tuple(batch_shape)}; got probabilities")
+        raise v.probabilities_target_error(tuple(target.shape), logits_name)
     if target.device != reference.device:
         raise ValueError(f"target must be on {reference.device}; got {target.device}")
     if check and not torch.compiler.is_compiling():  # compiled: `_kept` checks them
@@ -270,7 +271,8 @@ def linear_distillation_loss(student_input: torch.Tensor, student_weight: torch.
         if tensor.device != student_input.device:
             raise ValueError(f"{name} must be on {student_input.device}; got {tensor.device}")
     num_classes, features = student_weight.shape
-    _check_target(target, student_input.shape[:-1], num_classes, problem, student_input, check_labels)
+    _check_target(target, student_input.shape[:-1], num_classes, problem, student_input, check_labels,
+                  "the logits student_input @ student_weight.T")
     compiling = torch.compiler.is_compiling()
     # compiled, the chunk is chosen inside the op from the actual shapes (0): no recompile per size
     chunk = chunk_size or (0 if compiling else _default_chunk(student_input, student_weight))

@@ -84,8 +84,7 @@ def checked_labels(logits_shape: tuple, num_classes: int, target: Any, class_axi
     except (ValueError, TypeError) as err:
         raise ValueError(f"target must be a rectangular integer array; {err}") from None
     if spec.check_target(logits_shape, target, class_axis, logits_name=logits_name) != spec.INDEX:
-        raise TypeError(f"target must hold class indices (the shape of {logits_name} without the class axis, an "
-                        f"integer dtype); got probabilities of shape {target.shape}")
+        raise v.probabilities_target_error(target.shape, logits_name)
     spec.check_labels(xp, target, num_classes, ignore_index)
     return target.reshape(-1)
 

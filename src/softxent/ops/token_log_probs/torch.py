@@ -143,8 +143,7 @@ def _check_plain(logits, target) -> None:
     if logits.dim() == 0:
         raise ValueError("logits must have at least one dimension (the classes); got a scalar")
     if spec.check_target(logits.shape, target, logits.dim() - 1) != spec.INDEX:
-        raise TypeError(f"target must hold class indices of shape {tuple(logits.shape[:-1])}; got probabilities "
-                        f"of shape {tuple(target.shape)}")
+        raise v.probabilities_target_error(tuple(target.shape))
     if target.device != logits.device:
         raise ValueError(f"target must be on logits' device {logits.device}; got {target.device}")
 
