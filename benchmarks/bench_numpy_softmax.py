@@ -4,7 +4,9 @@ import numpy as np
 
 from harness import Unavailable, main
 
-CASES = {"4096x32000-float32": {"rows": 4096, "classes": 32000, "dtype": "float32"}}
+# tiny, a classifier, a bigger batch, an LLM-sized vocabulary (the shapes of bench_numpy_cross_entropy.py)
+CASES = {f"{rows}x{classes}-float32": {"rows": rows, "classes": classes, "dtype": "float32"}
+         for rows, classes in ((32, 10), (256, 1000), (1024, 1000), (2048, 32000), (4096, 32000))}
 QUICK = {"256x1000-float32": {"rows": 256, "classes": 1000, "dtype": "float32"}}
 
 

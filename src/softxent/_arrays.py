@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
@@ -22,6 +24,8 @@ from softxent._spans import SpanPool, configured_threads
 
 def as_float_array(x: Any, name: str) -> np.ndarray:
     """x as a floating NumPy array: floats kept as they are, integers as float64, anything else refused."""
+    if type(x) is np.ndarray and x.dtype.kind == "f":  # the common case: nothing to convert or check
+        return x
     try:
         array = np.asarray(x)
     except (ValueError, TypeError) as err:  # ragged nested lists, unconvertible objects
@@ -45,13 +49,16 @@ def accurate_dtype(dtype: np.dtype) -> np.dtype:
     float32 logits are exact in float64 and so are their differences, so the loss, the log-sum-exp and
     the log-probabilities come back correctly rounded to float32 but for the last rounding.
     """
-    return np.dtype(np.longdouble) if dtype == np.longdouble else np.dtype(np.float64)
+    return _LONGDOUBLE if dtype == _LONGDOUBLE else _FLOAT64
 
 
 def fast_dtype(dtype: np.dtype) -> np.dtype:
     """Where probabilities are computed: float16 is accumulated in float32 (rule 8 of docs/semantics.md),
     others as given."""
-    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+    return _FLOAT32 if dtype == _FLOAT16 else np.dtype(dtype)
+
+
+_FLOAT16, _FLOAT32, _FLOAT64, _LONGDOUBLE = (np.dtype(t) for t in (np.float16, np.float32, np.float64, np.longdouble))
 
 
 class Rows:
@@ -60,20 +67,28 @@ class Rows:
     def __init__(self, x: np.ndarray, axes: tuple[int, ...]):
         self.shape = x.shape
         self.axes = axes
-        batch = [a for a in range(x.ndim) if a not in axes]
-        self.order = batch + list(axes)
-        moved = x.transpose(self.order)
-        self.batch_shape = moved.shape[: len(batch)]
-        self.num_classes = int(np.prod(moved.shape[len(batch):], dtype=np.int64))
+        if x.ndim == 2 and axes == (1,):  # already (rows, classes): the common case, at no cost
+            self.order, self.batch_shape, self.num_classes, self.data = None, x.shape[:1], x.shape[1], x
+            return
+        num_batch = x.ndim - len(axes)
+        # class axes already last: no transposes
+        self.order = None if axes == tuple(range(num_batch, x.ndim)) else \
+            [a for a in range(x.ndim) if a not in axes] + list(axes)
+        moved = x if self.order is None else x.transpose(self.order)
+        self.batch_shape = moved.shape[:num_batch]
+        self.num_classes = math.prod(moved.shape[num_batch:])
         # reshape copies only when the class axes are not already last and contiguous
-        self.data = moved.reshape(int(np.prod(self.batch_shape, dtype=np.int64)), self.num_classes)
+        self.data = moved.reshape(math.prod(self.batch_shape), self.num_classes)
 
     def like(self, other: np.ndarray) -> np.ndarray:
         """Another array of x's shape (a mask, scale factors, targets) in the same row layout."""
-        return np.broadcast_to(other, self.shape).transpose(self.order).reshape(self.data.shape)
+        moved = np.broadcast_to(other, self.shape)
+        return (moved if self.order is None else moved.transpose(self.order)).reshape(self.data.shape)
 
     def restore(self, rows: np.ndarray) -> np.ndarray:
         """A (rows, classes) result back to x's shape and axis order."""
+        if self.order is None:
+            return rows if rows.shape == self.shape else rows.reshape(self.shape)
         moved = rows.reshape(self.batch_shape + tuple(self.shape[a] for a in self.axes))
         return moved.transpose(np.argsort(self.order))
 
@@ -99,6 +114,30 @@ _PARALLEL_MIN_ELEMENTS = 1 << 20
 _SPANS = SpanPool(lambda size: ThreadPoolExecutor(max_workers=size, thread_name_prefix="softxent"))
 
 
+# Each thread keeps its kernels' block buffers from call to call: where the allocator hands a fresh
+# block-sized buffer fresh pages (large blocks, or the benchmarks' malloc settings), their faults cost
+# about 1 us per 4 KiB page here, as much as the arithmetic on them.
+_SCRATCH = threading.local()
+
+
+def thread_buffer(role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised buffer of `shape` and `dtype` that this thread reuses for `role` from call to call.
+
+    A role names one buffer of one kernel (``"cross_entropy.main"``): the kernel must be done with it
+    before it asks again in the same thread, and never return it. Buffers above a block's size
+    (`_BLOCK_BYTES`) are made anew, so a thread keeps at most a block per role.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > _BLOCK_BYTES:
+        return np.empty(shape, dtype=dtype)
+    kept = _SCRATCH.__dict__
+    buffer = kept.get(role)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = kept[role] = np.empty(max(nbytes, 64), dtype=np.uint8)
+    return buffer[:nbytes].view(dtype).reshape(shape)
+
+
 def num_threads() -> int:
     """SOFTXENT_NUM_THREADS, else the cores this process may run on."""
     try:
@@ -119,8 +158,8 @@ def blocks(start: int, stop: int, step: int) -> Iterator[slice]:
 
 def for_row_spans(num_rows: int, num_classes: int, work: Callable[[int, int], None]) -> None:
     """Run work(start, stop) over contiguous spans covering range(num_rows), on several threads if large."""
-    threads = min(num_threads(), num_rows)
-    if threads <= 1 or num_rows * num_classes < _PARALLEL_MIN_ELEMENTS:
+    threads = 1 if num_rows * num_classes < _PARALLEL_MIN_ELEMENTS else min(num_threads(), num_rows)
+    if threads <= 1:
         work(0, num_rows)
         return
     _SPANS.run(num_rows, threads, work)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from copy import copy
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import numpy as np
 
-
-from softxent import _validation as v
-from softxent._arrays import Rows, accurate_dtype, as_float_array, block_rows, blocks, for_row_spans, xp
+from softxent._arrays import (Rows, accurate_dtype, as_float_array, block_rows, blocks, for_row_spans,
+                              thread_buffer, xp)
 from softxent._options import LossOptions
 from softxent._typing import ArrayLike, FloatArray, FloatResult, Reduction
 from softxent.ops.cross_entropy import spec
-from softxent.ops.logsumexp.numpy import exp_log_sum, shift_rows
+from softxent.ops.logsumexp.numpy import class_axes, exp_log_sum, flat, shift_rows
 
 
 @overload
@@ -85,11 +86,10 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, axis: int = -1, weigh
     logits = as_float_array(logits, "logits")
     if logits.ndim == 0:
         raise ValueError("logits must have at least one dimension (the classes); got a scalar")
-    options = LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                          z_loss=z_loss, softcap=softcap, temperature=temperature)
+    options = loss_options(ignore_index, reduction, label_smoothing, z_loss, softcap, temperature)
     if axis is None or isinstance(axis, tuple):
         raise TypeError(f"axis must be an int for cross_entropy (one class axis); got {axis!r}")
-    (class_axis,) = v.normalize_axes(axis, logits.ndim)
+    (class_axis,) = class_axes(axis, logits.ndim)
     rows = Rows(logits, (class_axis,))
     problem = CrossEntropyRows.build(logits.shape, rows.num_classes, target, weight, options, class_axis,
                                      to_rows=rows.like, num_items=num_items)
@@ -101,6 +101,24 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, axis: int = -1, weigh
     return (loss, rows.restore(grad)) if return_grad else loss
 
 
+def loss_options(ignore_index: Any, reduction: Any, label_smoothing: Any, z_loss: Any, softcap: Any,
+                 temperature: Any) -> LossOptions:
+    """The call's LossOptions, validated once per distinct set of values (most calls repeat the defaults,
+    and building them costs more than a small problem's arithmetic)."""
+    try:
+        return _cached_options(ignore_index, reduction, label_smoothing, z_loss, softcap, temperature)
+    except TypeError:  # an unhashable value (the options' own checks refuse it, with their message)
+        return LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                           z_loss=z_loss, softcap=softcap, temperature=temperature)
+
+
+# typed: 0, 0.0, False and np.float64(0) are separate entries, each checked by LossOptions on its first call
+@functools.lru_cache(maxsize=64, typed=True)
+def _cached_options(ignore_index, reduction, label_smoothing, z_loss, softcap, temperature) -> LossOptions:
+    return LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                       z_loss=z_loss, softcap=softcap, temperature=temperature)
+
+
 class CrossEntropyRows:
     """A cross-entropy problem over rows of logits, resolved by the spec, and the row kernel.
 
@@ -109,13 +127,19 @@ class CrossEntropyRows:
     """
 
     def __init__(self, num_classes: int, labels: np.ndarray | None, probs: np.ndarray | None,
-                 weight: np.ndarray | None, options: LossOptions, num_items: Any = None):
+                 weight: np.ndarray | None, options: LossOptions, num_items: Any = None, *,
+                 every_label_counts: bool = False):
         self.num_classes = num_classes
         self.labels = labels  # (rows,) class indices, or None
         self.probs = probs  # (rows, C) probabilities, or None
         self.weight = weight  # (C,) float64, or None
         self.options = options
         self.num_items = num_items
+        # class indices, every one a class and none ignored, without weight or smoothing: the target's
+        # coefficients are onehot(t) on every row (`spec.index_coefficients` in that case), taken as such
+        self.plain = every_label_counts and weight is None and not options.label_smoothing
+        # without weights or num_items, every row counted: "mean" divides by the number of rows
+        self._count = labels.size if self.plain and num_items is None else None
         self._denominator = None
 
     @classmethod
@@ -128,8 +152,12 @@ class CrossEntropyRows:
             raise ValueError(f"target must be a rectangular numeric array; {err}") from None
         num_items = spec.check_num_items(num_items, options.reduction)
         labels = probs = None
+        every_label_counts = False
         if spec.check_target(logits_shape, target, class_axis) == spec.INDEX:
-            spec.check_labels(xp, target, num_classes, options.ignore_index)
+            every_label_counts = target.size > 0 and spec.labels_in_range(
+                int(target.min()), int(target.max()), num_classes, options.ignore_index)
+            if not every_label_counts:
+                spec.check_labels(xp, target, num_classes, options.ignore_index)
             labels = target.reshape(-1)
         else:
             spec.check_probabilities(xp, target)
@@ -138,7 +166,7 @@ class CrossEntropyRows:
             weight = as_float_array(weight, "weight")
             spec.check_weight(xp, weight, num_classes)
             weight = weight.astype(np.float64)
-        return cls(num_classes, labels, probs, weight, options, num_items)
+        return cls(num_classes, labels, probs, weight, options, num_items, every_label_counts=every_label_counts)
 
     # --- reduction ---------------------------------------------------------------------------------
 
@@ -153,11 +181,17 @@ class CrossEntropyRows:
         return self._denominator
 
     def grad_scale(self) -> float:
+        if self.options.reduction == "mean" and self._count:
+            return 1.0 / self._count  # a count of rows > 0: nothing for spec.gradient_scale's 0 to guard
         denominator = self.denominator() if self.options.reduction == "mean" else None
         return float(spec.gradient_scale(xp, denominator, np.float64))
 
     def reduce(self, losses: np.ndarray, batch_shape: tuple, dtype: np.dtype):
         reduction = self.options.reduction
+        if reduction == "mean" and self._count:  # the mean of a count of rows > 0, as spec.reduce takes it
+            mean = float(losses.sum()) / self._count
+            if abs(mean) <= _largest(dtype):
+                return dtype.type(mean)
         # worked in float64, a float32 loss can lie beyond float32's range (a gap of 2.9e38 at T = 0.5):
         # inf is the float32 it rounds to, so that overflow on the way out is the answer, not an error
         with np.errstate(over="ignore"):
@@ -178,23 +212,21 @@ class CrossEntropyRows:
         labels = None if self.labels is None else self.labels[rows]
         probs = None if self.probs is None else self.probs[rows]
         num_rows, num_classes = logits.shape
-        losses = np.zeros(num_rows, dtype=np.float64)
         if num_classes == 0:
-            return losses
+            return np.zeros(num_rows, dtype=np.float64)
         work_dtype = accurate_dtype(logits.dtype)
         step = block_rows(num_classes, work_dtype.itemsize)
-        if num_rows <= step:  # one block (every small problem): no spans, no scratch views
-            scratch = _Scratch((num_rows, num_classes), work_dtype,
-                               tanh=grad_out is not None and self.options.softcap is not None,
-                               coef=probs is not None, main=grad_out is None or grad_out.dtype != work_dtype)
-            losses[:] = self._block(logits, labels, probs, grad_out, grad_scale, scratch)
-            return losses
+        # without `main` the blocks are worked in grad_out itself, which has the working precision
+        main = grad_out is None or grad_out.dtype != work_dtype
+        tanh = grad_out is not None and self.options.softcap is not None
+        if num_rows <= step:  # one block (every small problem): no spans, no views
+            scratch = _Scratch((num_rows, num_classes), work_dtype, main, tanh, probs is not None)
+            return self._block(logits, labels, probs, grad_out, grad_scale, scratch).astype(np.float64, copy=False)
+
+        losses = np.empty(num_rows, dtype=np.float64)
 
         def work(start: int, stop: int) -> None:
-            scratch = _Scratch((min(step, stop - start), num_classes), work_dtype,
-                               tanh=grad_out is not None and self.options.softcap is not None,
-                               coef=probs is not None,
-                               main=grad_out is None or grad_out.dtype != work_dtype)
+            scratch = _Scratch((min(step, stop - start), num_classes), work_dtype, main, tanh, probs is not None)
             for block in blocks(start, stop, step):
                 losses[block] = self._block(
                     logits[block], None if labels is None else labels[block],
@@ -209,7 +241,6 @@ class CrossEntropyRows:
         options, weight, num_classes = self.options, self.weight, self.num_classes
         smoothing = options.label_smoothing
         n = logits.shape[0]
-        rows = np.arange(n)
         buf = grad_out if scratch.main is None else scratch.main
 
         # 1. z = softcap * tanh(x / softcap) / T in the working precision, then d = z - max z
@@ -236,79 +267,94 @@ class CrossEntropyRows:
                     buf /= options.temperature
                     shift.value /= options.temperature
 
-        # 2. the target's coefficients a_j (loss = sum_j a_j (lse - z_j), the spec's) and the sums that need d
+        # 2. the target's coefficients a_j (loss = sum_j a_j (lse - z_j), the spec's) and the sums that need d;
+        # kept None: every row counts
         if labels is not None:
-            coefficients = spec.index_coefficients(xp, labels, weight, options, num_classes, np.float64)
-            kept, safe = coefficients.kept, coefficients.safe
-            target_coef, smooth_coef, total_coef = coefficients.target, coefficients.uniform, coefficients.total
-            target_d = buf[rows, safe]
+            if self.plain:  # a = onehot(t) on every row: scalars
+                kept, safe, target_coef, smooth_coef, total_coef = None, labels, 1.0, 0.0, 1.0
+            else:
+                coefficients = spec.index_coefficients(xp, labels, weight, options, num_classes, np.float64)
+                kept, safe = coefficients.kept, coefficients.safe
+                target_coef, smooth_coef, total_coef = coefficients.target, coefficients.uniform, coefficients.total
+            entries = flat(buf)
+            at_target = shift.starts + safe.astype(np.intp, copy=False)  # flat positions of the targets' entries
+            target_d = entries[at_target]
             w_sum = num_classes if weight is None else weight.sum()
             if smoothing:
                 smooth_d = _weighted_row_sums(buf, weight)
         else:
-            kept = np.ones(n, dtype=bool)
+            kept = None
             coef = scratch.coef
             coef[...] = spec.probability_coefficients(xp, probs, weight, options, num_classes, coef.dtype)
             coef_d = _weighted_row_sums(buf, coef)
             total_coef = coef.sum(axis=1)
+        if shift.masked is not None:
+            kept = np.ones(n, dtype=bool) if kept is None else kept
+            kept[shift.masked] = False  # a fully masked row carries no information (rule 2)
+        # plain targets, every row counted, no z-loss, a gradient scale <= 1: no inf * 0, -inf - -inf or
+        # overflow can arise below
+        calm = self.plain and kept is None and not options.z_loss and 0.0 <= grad_scale <= 1.0
 
         # 3. e = exp(d) and L = log sum e, exact; lse = max + L; rest = the sum without the max's own 1
-        log_sum, total, rest = exp_log_sum(buf, shift.first, buf)
-        lse = shift.lse(log_sum)
+        log_sum, total, rest = exp_log_sum(buf, shift.at_first, buf)
+        lse = shift.lse(log_sum) if options.z_loss else None
 
         # 4. the loss: sum_j a_j (L - d_j) + z lse^2, a sum of terms >= 0 (d <= 0 <= L)
-        # 0 * inf where a coefficient is 0: dropped just below; z * lse**2 may overflow to +inf, the value
-        # it rounds to (and 0 for an ignored row)
-        with np.errstate(invalid="ignore", over="ignore"):
-            if labels is not None:
+        # 0 * inf where a coefficient is 0 and -inf - -inf in a fully masked row: dropped just below;
+        # z * lse**2 may overflow to +inf, the value it rounds to (and 0 for an ignored row)
+        with _quiet(calm, invalid="ignore", over="ignore"):
+            if labels is None:
+                loss = total_coef * log_sum - coef_d
+            elif self.plain:
+                loss = log_sum - target_d
+            else:
                 loss = np.where(target_coef > 0, target_coef * (log_sum - target_d), 0.0)
                 if smoothing:
                     loss += smooth_coef * (w_sum * log_sum - smooth_d)
-            else:
-                loss = total_coef * log_sum - coef_d
             if options.z_loss:
-                loss += options.z_loss * lse * lse * kept
-        if shift.masked is not None:
-            loss[shift.masked] = 0.0  # a fully masked row carries no information (rule 2)
-            kept[shift.masked] = False
-        # ignored rows give exactly 0 even when their logits are +inf or NaN (padding), where the products
-        # with kept above are inf * 0 = NaN
-        loss[~kept] = 0.0
+                loss += options.z_loss * lse * lse * (1.0 if kept is None else kept)
+        # masked and ignored rows give exactly 0, even when their logits are +inf or NaN (padding), where
+        # the products with kept above are inf * 0 = NaN
+        if kept is not None:
+            loss[~kept] = 0.0
 
         # 5. the gradient: dz_j = s (A + 2 z lse) p_j - s a_j, with p = e / sum e and A = sum_j a_j
         if grad_out is not None:
-            s = grad_scale * kept
+            s = grad_scale if kept is None else grad_scale * kept
             # z-loss's share of the row factor, 2 z lse; without a z-loss none at all, so that an lse beyond
             # the float range (1.7e308 at T = 0.5) cannot turn 0 * inf into NaN
             z_share = 0.0
             if options.z_loss:
                 finite_lse = np.where(np.isinf(lse), shift.value + log_sum, lse)  # +inf rows: the limit's
                 z_share = 2.0 * options.z_loss * finite_lse
-            with np.errstate(all="ignore"):  # masked rows divide by 0 here; they are zeroed just below
+            with _quiet(calm, all="ignore"):  # masked rows divide by 0 here; they are zeroed just below
                 row_factor = s * (total_coef + z_share) / total
-            row_factor[~kept] = 0.0
-            huge = np.flatnonzero(np.isinf(row_factor))  # a z-loss beyond the range: inf where p > 0, 0 else
-            if huge.size:
-                part = buf[huge]
-                np.multiply(part, row_factor[huge, None], out=part, where=part != 0)
-                buf[huge] = part
-                row_factor[huge] = 1.0
+            if kept is not None:
+                row_factor[~kept] = 0.0
+            if not calm:
+                huge = np.flatnonzero(np.isinf(row_factor))  # a z-loss beyond the range: inf where p > 0, 0 else
+                if huge.size:
+                    part = buf[huge]
+                    np.multiply(part, row_factor[huge, None], out=part, where=part != 0)
+                    buf[huge] = part
+                    row_factor[huge] = 1.0
             buf *= row_factor[:, None]
             if labels is not None:
-                buf[rows, safe] -= s * target_coef
-                # where the target holds the max (e_t = 1), its entry s (F e_t - a_t sum e) / sum e is taken
-                # as s ((F - a_t) - a_t rest) / sum e, rest = sum_{j != t} e_j: p_t - 1 computed as
-                # -sum_{j != t} p_j, never by cancellation (rule 11), exact when p_t is near 1
-                at_max = np.flatnonzero((safe == shift.first) & kept)
-                if at_max.size:
-                    with np.errstate(all="ignore"):
-                        other = smooth_coef[at_max] * w_sum + (z_share[at_max] if options.z_loss else 0.0)
-                        exact = s[at_max] * (other - target_coef[at_max] * rest[at_max]) / total[at_max]
-                    buf[at_max, safe[at_max]] = exact
+                # the target's entry s (F e_t - a_t sum e) / sum e; where the target holds the max (e_t = 1)
+                # it is taken as s ((F - a_t) - a_t rest) / sum e, rest = sum_{j != t} e_j: p_t - 1 computed
+                # as -sum_{j != t} p_j, never by cancellation (rule 11), exact when p_t is near 1 (rows not
+                # kept get any value here: they are zeroed below)
+                with _quiet(calm, all="ignore"):
+                    if self.plain and not options.z_loss:
+                        at_max = rest * -s / total  # the same with F - a_t = 0 and a_t = 1, in fewer steps
+                    else:
+                        other = smooth_coef * w_sum + z_share  # F - a_t, without the cancellation
+                        at_max = s * (other - target_coef * rest) / total
+                entries[at_target] = np.where(safe == shift.first, at_max, entries[at_target] - s * target_coef)
                 if smoothing:
                     buf -= (s * smooth_coef)[:, None] * (1.0 if weight is None else weight)
             else:
-                scratch.coef *= s[:, None]
+                scratch.coef *= s if kept is None else s[:, None]
                 buf -= scratch.coef
             if options.softcap is not None:  # chain rule through softcap * tanh(x / softcap) / T
                 np.square(scratch.tanh, out=scratch.tanh)
@@ -316,27 +362,47 @@ class CrossEntropyRows:
                 buf *= scratch.tanh
             if options.temperature != 1.0:
                 buf /= options.temperature
-            buf[~kept] = 0.0  # ignored rows with NaN logits: NaN * 0 left NaN above
+            if kept is not None:
+                buf[~kept] = 0.0  # ignored rows with NaN logits: NaN * 0 left NaN above
             if buf is not grad_out:
-                with np.errstate(over="ignore"):  # beyond float32's range (p / T at T = 1e-40): inf, as above
+                # beyond float32's range (p / T at T = 1e-40): inf, as above
+                with _quiet(calm and options.temperature == 1.0, over="ignore"):
                     np.copyto(grad_out, buf, casting="unsafe")
         return loss
+
+
+def _largest(dtype: np.dtype) -> float:
+    largest = _LARGEST.get(dtype.char)
+    if largest is None:
+        largest = _LARGEST[dtype.char] = float(np.finfo(dtype).max)
+    return largest
+
+
+_LARGEST: dict[str, float] = {}
+
+
+_CALM = contextlib.nullcontext()
+
+
+def _quiet(calm: bool, **errors) -> Any:
+    """np.errstate(**errors) for the steps where inf or NaN arithmetic is intended, or nothing at all
+    for a calm block (where none can arise), whose small problems would feel its cost."""
+    return _CALM if calm else np.errstate(**errors)
 
 
 @dataclass
 class _Scratch:
     """A thread's scratch buffers: the working rows (None: work in grad_out), tanh for softcap's chain
-    rule, probability targets' coefficients."""
+    rule, probability targets' coefficients; kept by the thread from call to call (`thread_buffer`)."""
 
     main: np.ndarray | None
     tanh: np.ndarray | None
     coef: np.ndarray | None
 
-    def __init__(self, shape: tuple, dtype: np.dtype, *, tanh: bool, coef: bool, main: bool):
-        # without `main` the blocks are worked in grad_out itself, which has the working precision
-        self.main = np.empty(shape, dtype=dtype) if main else None
-        self.tanh = np.empty(shape, dtype=dtype) if tanh else None
-        self.coef = np.empty(shape, dtype=dtype) if coef else None
+    def __init__(self, shape: tuple, dtype: np.dtype, main: bool, tanh: bool, coef: bool):
+        self.main = thread_buffer("cross_entropy.main", shape, dtype) if main else None
+        self.tanh = thread_buffer("cross_entropy.tanh", shape, dtype) if tanh else None
+        self.coef = thread_buffer("cross_entropy.coef", shape, dtype) if coef else None
 
     def first(self, size: int) -> "_Scratch":
         """The same buffers cut to a block's first `size` rows."""
@@ -357,15 +423,3 @@ def _weighted_row_sums(shifted: np.ndarray, weight: np.ndarray | None) -> np.nda
             w = weight if weight.ndim == 1 else weight[broken]
             sums[broken] = np.where(w > 0, part * w, np.where(np.isnan(part), np.nan, 0.0)).sum(axis=1)
     return sums
-
-
-def _checked_weight(weight: Any, num_classes: int) -> np.ndarray | None:
-    if weight is None:
-        return None
-    weight = as_float_array(weight, "weight")
-    v.check_weight_shape(weight.shape, num_classes)
-    bad = ~(weight >= 0) | np.isinf(weight)
-    if bad.any():
-        index = int(np.argmax(bad))
-        raise v.bad_weight_error(float(weight[index]), index)
-    return weight.astype(np.float64)

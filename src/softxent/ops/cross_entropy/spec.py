@@ -84,6 +84,14 @@ def bad_labels(labels, num_classes: int, ignore_index: int | None):
     return bad if ignore_index is None else bad & (labels != ignore_index)
 
 
+def labels_in_range(low: int, high: int, num_classes: int, ignore_index: int | None) -> bool:
+    """True when labels spanning [low, high] (their min and max) are all classes, in [0, num_classes),
+    none of them ignore_index: then `check_labels` passes and every row counts. Two reductions give
+    low and high, where `bad_labels` takes five passes; False says only that the range does not show
+    it (an ignored row, say): the full rules decide."""
+    return 0 <= low and high < num_classes and (ignore_index is None or not low <= ignore_index <= high)
+
+
 def check_labels(xp, labels, num_classes: int, ignore_index: int | None, name: str = "target") -> None:
     """Every label in [0, num_classes) or equal to ignore_index, else a ValueError naming the first bad one."""
     bad = bad_labels(labels, num_classes, ignore_index)

@@ -36,6 +36,8 @@ from softxent._typing import ArrayLike, Axis, FloatResult
 def class_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
     """The class axes, with NumPy's reductions' (and SciPy's) reading of a 0-d input: axis 0 or -1 of one
     score is that score, so ``softmax(1000)`` is 1 as in SciPy rather than an out-of-range axis."""
+    if type(axis) is int and -ndim <= axis < ndim:  # one axis in range (the common case): no further checks
+        return (axis % ndim,)
     if ndim == 0 and isinstance(axis, numbers.Integral) and not isinstance(axis, bool) and axis in (0, -1):
         return ()
     return v.normalize_axes(axis, ndim)
@@ -47,6 +49,11 @@ class Shift:
     first: np.ndarray  # column of the first maximum (of the first NaN in a NaN row)
     masked: np.ndarray | None  # rows whose entries are all -inf, or None when there are none
     infinite: np.ndarray | None  # rows holding +inf, or None when there are none
+    # flat positions (in the C-contiguous (rows, C) layout, see `flat`) of each row's start and of its
+    # first maximum: NumPy gathers and scatters one entry per row several times faster by flat position
+    # than by (row, column) pairs, which is much of a small problem's cost
+    starts: np.ndarray | None = None
+    at_first: np.ndarray | None = None
 
     def lse(self, log_sum: np.ndarray) -> np.ndarray:
         """The row log-sum-exp from the shifted one: m + L, with +inf for rows holding +inf."""
@@ -56,26 +63,39 @@ class Shift:
         return lse
 
 
+def flat(rows: np.ndarray) -> np.ndarray:
+    """A C-contiguous (rows, C) array as one flat view of its memory, for `Shift`'s flat positions."""
+    if not rows.flags.c_contiguous:  # a reshape would copy, and writes to the copy would be lost
+        raise ValueError(f"flat positions need a C-contiguous array; got strides {rows.strides}")
+    return rows.reshape(-1)
+
+
 def shift_rows(x: np.ndarray, out: np.ndarray) -> Shift:
     """out = x - max(x) row by row, in out's dtype (exact for float32 x and float64 out)."""
-    first = np.argmax(x, axis=1)
-    rows = np.arange(x.shape[0])
-    value = x[rows, first].astype(out.dtype)
-    with np.errstate(invalid="ignore"):  # NaN rows stay NaN
-        special = np.isinf(value)
+    num_rows, num_classes = x.shape
+    first = x.argmax(axis=1)
+    starts = np.arange(0, num_rows * num_classes, num_classes)
+    at_first = starts + first
+    value = x.reshape(-1)[at_first] if x.flags.c_contiguous else x[np.arange(num_rows), first]
+    if value.dtype != out.dtype:
+        value = value.astype(out.dtype)
     masked = infinite = None
-    if special.any():
+    special = np.isinf(value)
+    if np.count_nonzero(special):  # (count_nonzero: the cheapest test, one C call)
         masked = np.flatnonzero(value == -np.inf)
         infinite = np.flatnonzero(value == np.inf)
+        masked, infinite = (rows if rows.size else None for rows in (masked, infinite))
         value[special] = 0.0
-    # a row spanning more than the float range (1e308 and -1e308) overflows to -inf here: exp(-inf) = 0
-    # is what the entry rounds to anyway, so the overflow is silenced, not an error
-    with np.errstate(over="ignore"):
-        np.subtract(x, value[:, None], out=out, dtype=out.dtype)
-    if infinite is not None and infinite.size:
+    if out.dtype.itemsize > x.dtype.itemsize:  # a wider dtype holds every difference (float32 in float64)
+        np.subtract(x, value[:, None], out=out)
+    else:
+        # a row spanning more than the float range (1e308 and -1e308) overflows to -inf here: exp(-inf)
+        # = 0 is what the entry rounds to anyway, so the overflow is silenced, not an error
+        with np.errstate(over="ignore"):
+            np.subtract(x, value[:, None], out=out)
+    if infinite is not None:
         out[infinite] = np.where(x[infinite] == np.inf, 0.0, -np.inf)
-    return Shift(value, first, masked if masked is not None and masked.size else None,
-                 infinite if infinite is not None and infinite.size else None)
+    return Shift(value, first, masked, infinite, starts, at_first)
 
 
 class ExpSums(NamedTuple):
@@ -84,21 +104,26 @@ class ExpSums(NamedTuple):
     rest: np.ndarray  # sum_{j != first} e_j
 
 
-def exp_log_sum(shifted: np.ndarray, first: np.ndarray, out: np.ndarray) -> "ExpSums":
+def exp_log_sum(shifted: np.ndarray, at_first: np.ndarray, out: np.ndarray) -> "ExpSums":
     """out = exp(shifted); returns L = log(sum exp(shifted)) per row (exact via log1p), the sum, and the
     sum without the max's own term (what a gradient at the max needs instead of 1 - p, which cancels).
 
-    `out` may be `shifted` itself (in place). `first` is the column holding each row's 0 (its maximum).
+    `out` (C-contiguous) may be `shifted` itself (in place). `at_first` holds the flat positions of each
+    row's 0, its maximum (`Shift.at_first`).
     """
     np.exp(shifted, out=out)
-    rows = np.arange(out.shape[0])
-    top = out[rows, first].copy()  # 1, or 0 in a fully masked row, or NaN in a NaN row
-    out[rows, first] = 0.0
-    rest = out.sum(axis=1, dtype=np.promote_types(out.dtype, np.float64))  # float32 e summed in float64
-    out[rows, first] = top
+    entries = flat(out)
+    top = entries[at_first]  # (a copy) 1, or 0 in a fully masked row, or NaN in a NaN row
+    entries[at_first] = 0.0
+    rest = out.sum(axis=1, dtype=np.float64 if out.dtype == np.float32 else None)  # float32 e summed in float64
+    entries[at_first] = top
     total = top + rest
-    with np.errstate(divide="ignore"):  # log(0) = -inf for fully masked rows is the intended limit
-        return ExpSums(np.where(top == 1.0, np.log1p(rest), np.log(total)), total, rest)
+    log_sum = np.log1p(rest)  # the sum is 1 + rest
+    odd = top != 1.0  # fully masked rows (top 0: log 0 = -inf, the intended limit) and NaN rows
+    if np.count_nonzero(odd):
+        with np.errstate(divide="ignore"):
+            log_sum[odd] = np.log(total[odd])
+    return ExpSums(log_sum, total, rest)
 
 
 @overload
@@ -180,7 +205,7 @@ def logsumexp(x: ArrayLike, axis: Axis = -1, *, b: ArrayLike | None = None, keep
                 shifted = buffer[: block.stop - block.start]
                 shift = shift_rows(data[block], shifted)
                 if scale is None:
-                    lse[block] = shift.lse(exp_log_sum(shifted, shift.first, shifted)[0])
+                    lse[block] = shift.lse(exp_log_sum(shifted, shift.at_first, shifted)[0])
                 else:
                     lse[block], sign[block] = _scaled(data[block], shifted, scale[block], shift)
 
