@@ -8,8 +8,8 @@ chosen by size and context, with the same results (rule 11 of docs/semantics.md 
 - lean (eager, at most `SMALL_MAX_ELEMENTS` logits, class indices all kept, at most class weights): torch's
   own float64 log_softmax and nll_loss, differentiated by torch's autograd, where that is exact
   (`_lean_native`), else about twenty aten calls in float64 on the calling thread (`_lean`);
-- composite (eager small calls with any other option, and every call under torch.func): the same math for
-  every option, branch-free under torch.func (`_composite`);
+- composite (eager calls of at most `COMPOSITE_MAX_ELEMENTS` logits with any other option, and every call
+  under torch.func): the same math for every option, branch-free under torch.func (`_composite`);
 - fused (everything larger, and every call under torch.compile): the layout and value checks, then the
   row kernel `_backend.backend_for(logits)` (`torch_cpu.cross_entropy_rows` on the CPU, chunks of rows on
   single-threaded workers); eager calls its body directly, torch.compile the custom op
@@ -134,6 +134,8 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     check = bool(check_labels)
     if path == COMPOSITE and not robust and _is_lean(input, target, options, num_items, check):
         path = LEAN
+    elif path == COMPOSITE and not robust and input.numel() > COMPOSITE_MAX_ELEMENTS:
+        path = FUSED
     elif check and path == COMPOSITE:  # the custom op checks inside; here, on the values under any wrapper
         _backend.check_values(_plain(target), _plain(options.weight), input.shape[_class_dim(input)],
                               options.ignore_index, input)
@@ -246,10 +248,14 @@ def _class_dim(input: torch.Tensor) -> int:
 
 # --- forward and backward -----------------------------------------------------------------------------
 
-# At most this many logits take the composite path in eager mode: a few fused aten calls in float64 on
-# the calling thread, whose fixed cost is torch's own; above it the fused chunked op (custom op, span
-# threads, float32 work) wins. Measured where the two cross (benchmarks/bench_torch_shapes.py).
-SMALL_MAX_ELEMENTS = 1 << 15
+# At most this many logits take a small path in eager mode (float64 aten calls on the calling thread):
+# the lean one up to SMALL_MAX_ELEMENTS (its float64 log_softmax beat the fused op's chunks at 128 x 512
+# and 256 x 1000, 1.1x to 4x, not at 1024 x 1000), the composite one (thirty calls) up to
+# COMPOSITE_MAX_ELEMENTS (even with the fused op at 128 x 512, 2x slower at 256 x 1000); above, the fused
+# chunked op. Measured interleaved on the shared 2-core machine (/tmp scripts beside
+# benchmarks/bench_torch_shapes.py).
+SMALL_MAX_ELEMENTS = 1 << 18
+COMPOSITE_MAX_ELEMENTS = 1 << 15
 
 LEAN, COMPOSITE, FUSED = "lean", "composite", "fused"
 
@@ -321,7 +327,7 @@ def denominator(target: torch.Tensor, options: LossOptions, num_items, *, num_cl
 def _work_dtype(input: torch.Tensor, call: _Call) -> torch.dtype:
     """The composite path works in float64 (exact to the last float32 bit, and cheap at its sizes); a large
     problem under torch.func transforms works in the accumulation dtype, as the fused op."""
-    if call.path in (LEAN, COMPOSITE) and (not call.robust or input.numel() <= SMALL_MAX_ELEMENTS):
+    if call.path in (LEAN, COMPOSITE) and (not call.robust or input.numel() <= COMPOSITE_MAX_ELEMENTS):
         return torch.float64
     return accumulation_dtype(input.dtype)
 
