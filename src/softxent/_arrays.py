@@ -127,15 +127,18 @@ def thread_buffer(role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndar
     before it asks again in the same thread, and never return it. Buffers above a block's size
     (`_BLOCK_BYTES`) are made anew, so a thread keeps at most a block per role.
     """
+    kept = _SCRATCH.__dict__
+    last = kept.get(role)  # (bytes, the view last handed out)
+    if last is not None and last[1].shape == shape and last[1].dtype == dtype:
+        return last[1]
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > _BLOCK_BYTES:
         return np.empty(shape, dtype=dtype)
-    kept = _SCRATCH.__dict__
-    buffer = kept.get(role)
-    if buffer is None or buffer.nbytes < nbytes:
-        buffer = kept[role] = np.empty(max(nbytes, 64), dtype=np.uint8)
-    return buffer[:nbytes].view(dtype).reshape(shape)
+    memory = last[0] if last is not None and last[0].nbytes >= nbytes else np.empty(max(nbytes, 64), dtype=np.uint8)
+    view = memory[:nbytes].view(dtype).reshape(shape)
+    kept[role] = (memory, view)
+    return view
 
 
 def num_threads() -> int:
