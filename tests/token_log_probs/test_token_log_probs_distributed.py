@@ -171,8 +171,10 @@ def test_token_communication_is_four_values_per_row(spawned):
     for world in WORLDS:
         _, per_rank = result_of(spawned, world, "token-volume-1024-rows")
         for result in per_rank:
+            # four statistics per row, in float64 for float32 logits (the working precision, as on one
+            # process: exact p = exp(d - L)), 32 bytes a row
             assert result["forward"] == [("allgather", 32, "torch.int64", 256),
-                                         ("allgather", 1024 * 4, "torch.float32", 1024 * 4 * 4)]
+                                         ("allgather", 1024 * 4, "torch.float64", 1024 * 4 * 8)]
             assert result["backward"] == []
 
 

@@ -31,7 +31,7 @@ from softxent._options import LossOptions
 from softxent._torch import distributed_args as _args
 from softxent._torch.collectives import Communicator, Field, dtype_code, fingerprint, float_bits, \
     shape_code, show_dtype, show_fingerprint, show_float
-from softxent.ops.cross_entropy.distributed_rows import compute_dtype
+from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype, work_dtype
 
 NAME = "vocab_parallel_token_log_probs"
 _CHUNK_ELEMENTS = 1 << 20  # rows per chunk hold about this many logits: cache-sized temporaries
@@ -49,7 +49,8 @@ def vocab_parallel_token_log_probs(local_logits: torch.Tensor, target: torch.Ten
     its slice. ``log p_t = -((-d_t) + L)`` and ``H = L + E`` from nonnegative terms (see the module).
 
     Communication per call, P ranks, n rows: the 256-byte handshake and one all-gather of 4 values per
-    row (float32, float64 for float64 logits): 16 n bytes sent per rank. The backward communicates nothing.
+    row (float64, float32 for 16-bit logits, the working precision that keeps float32 results exact):
+    32 n bytes sent per rank (16 n for 16-bit logits). The backward communicates nothing.
     Faults raise the same error on every rank (see `vocab_parallel_cross_entropy`).
 
     Args:
@@ -106,7 +107,8 @@ def vocab_parallel_token_log_probs(local_logits: torch.Tensor, target: torch.Ten
     layout = comm.handshake(local_classes, fields, error, device)
     labels = target.reshape(-1).to(torch.int64)
     _args.check_against_vocabulary(layout, labels, None, options, batch_shape)
-    plan = _Plan(comm, layout, labels, options, compute_dtype(logits.dtype), batch_shape)
+    # float32 logits worked in float64, as on one process (token_log_probs/torch_cpu.py says why)
+    plan = _Plan(comm, layout, labels, options, work_dtype(logits.dtype), batch_shape)
     lp, h = _VocabParallelTokenLogProbs.apply(logits, plan)
     return (lp, h) if return_entropy else lp
 
@@ -235,7 +237,7 @@ class _VocabParallelTokenLogProbs(torch.autograd.Function):
         ctx.save_for_backward(local_logits)
         ctx.plan = plan
         ctx.set_materialize_grads(False)
-        out = plan.dtype
+        out = accumulation_dtype(local_logits.dtype)  # the outputs' dtype, as on one process
         return lp.view(plan.batch_shape).to(out), h.view(plan.batch_shape).to(out)
 
     @staticmethod

@@ -24,7 +24,7 @@ from softxent._options import LossOptions
 from softxent._torch import backend as _backend
 from softxent._torch.matmul import fold_chunk
 from softxent.ops.cross_entropy import spec
-from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype
+from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype, work_dtype
 from softxent.ops.linear_cross_entropy.torch import _check_arguments as _check_layer_arguments
 from softxent.ops.linear_cross_entropy.torch import choose_chunk_size
 from softxent.ops.token_log_probs.torch_cpu import token_backward_rows, token_forward_rows
@@ -37,6 +37,12 @@ def _kernels(logits: torch.Tensor, check_labels: bool = False):
     if torch.compiler.is_compiling():
         return partial(_compiled_forward_rows, check=check_labels), _compiled_backward_rows
     return _eager_kernels(logits)
+
+
+def _stats_dtype(logits: torch.Tensor) -> torch.dtype:
+    """The precision the row kernels work in and return lp, h and stats in: float32 in the Triton kernels,
+    cross_entropy's `work_dtype` in the torch ones (float64 for float32 logits: exact p = exp(d - L))."""
+    return torch.float32 if _backend.uses_triton(logits) else work_dtype(logits.dtype)
 
 
 def _eager_kernels(logits: torch.Tensor):
@@ -59,7 +65,7 @@ def _forward_rows_op(logits: torch.Tensor, labels: torch.Tensor, options: list[f
 
 @_forward_rows_op.register_fake
 def _(logits, labels, options, entropy, check):
-    acc = accumulation_dtype(logits.dtype)
+    acc = _stats_dtype(logits)
     rows = logits.shape[0]
     return logits.new_empty(rows, dtype=acc), logits.new_empty(rows, dtype=acc), logits.new_empty(rows, 3, dtype=acc)
 
@@ -274,7 +280,7 @@ def _linear_forward(x, weight, bias, labels, options: LossOptions, entropy: bool
     `keep` and one chunk holds every row (the backward then reuses it), else None."""
     num_classes = weight.shape[0]
     num_rows = x.shape[0]
-    acc = accumulation_dtype(x.dtype)
+    acc = _stats_dtype(x)
     lp = torch.zeros(num_rows, dtype=acc, device=x.device)
     h = torch.zeros_like(lp)
     stats = torch.zeros(num_rows, 3, dtype=acc, device=x.device)
@@ -336,7 +342,7 @@ def _linear_forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 @_linear_forward_op.register_fake
 def _(x, weight, bias, labels, options, entropy, chunk, check):
-    acc = accumulation_dtype(x.dtype)
+    acc = _stats_dtype(x)
     rows = x.shape[0]
     return x.new_empty(rows, dtype=acc), x.new_empty(rows, dtype=acc), x.new_empty(rows, 3, dtype=acc)
 

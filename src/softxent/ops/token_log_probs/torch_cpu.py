@@ -7,8 +7,13 @@ The contract, which the Triton kernels (`triton.py`) share on CUDA:
 
 `stats` (n, 3) holds per row what the backward needs to rebuild p without a second max and sum: the
 max m of the (soft-capped) logits, L = log sum_j exp(d_j) and E = sum_j p_j (-d_j). The math is the
-package docstring's, in float32 (float64 for float64 logits), a cache-sized chunk of rows at a time,
-one span of rows per core (`softxent._torch.threads.for_row_spans`).
+package docstring's, a cache-sized chunk of rows at a time, one span of rows per core
+(`softxent._torch.threads.for_row_spans`), in cross_entropy's working precision (`work_dtype`): float64
+for float32 and float64 logits, float32 for 16-bit ones. In float32, p = exp(d - L) would carry the
+rounding of d - L as a relative error |d| eps / 2 (5-8 ulp at |d| ~ 10-90, past rule 11's 4), and the
+entropy's gradient p_j ((-d_j) - E) would multiply a subnormal p_j by |d_j|. lp, h and stats come back
+in that precision: the backward rebuilds p from stats, so rounding them to float32 would bring the
+error back; the caller rounds the outputs once.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch
 
 from softxent._options import LossOptions
 from softxent._torch.threads import for_row_spans
-from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype, chunk_rows
+from softxent.ops.cross_entropy.torch_cpu import chunk_rows, work_dtype
 
 _INF = float("inf")
 
@@ -67,7 +72,7 @@ def token_forward_rows(logits: torch.Tensor, labels: torch.Tensor, options: Loss
     labels are int64 in [0, V) or options.ignore_index (checked); ignored and fully masked rows give 0.
     """
     num_rows, num_classes = logits.shape
-    acc = accumulation_dtype(logits.dtype)
+    acc = work_dtype(logits.dtype)  # float32 logits in float64: exp of a rounded d would be off |d| eps / 2
     device = logits.device
     lp = torch.zeros(num_rows, dtype=acc, device=device)
     h = torch.zeros(num_rows, dtype=acc, device=device)
@@ -129,7 +134,7 @@ def token_backward_rows(logits: torch.Tensor, labels: torch.Tensor, options: Los
     g, h_grad: (n,) upstream gradients in the working precision (h_grad None: no entropy term).
     """
     num_rows, num_classes = logits.shape
-    acc = accumulation_dtype(logits.dtype)
+    acc = work_dtype(logits.dtype)
     device = logits.device
     if num_rows == 0 or num_classes == 0:
         out.zero_()
