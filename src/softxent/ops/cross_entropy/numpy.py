@@ -108,8 +108,7 @@ def loss_options(ignore_index: Any, reduction: Any, label_smoothing: Any, z_loss
     try:
         return _cached_options(ignore_index, reduction, label_smoothing, z_loss, softcap, temperature)
     except TypeError:  # an unhashable value (the options' own checks refuse it, with their message)
-        return LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                           z_loss=z_loss, softcap=softcap, temperature=temperature)
+        return _cached_options.__wrapped__(ignore_index, reduction, label_smoothing, z_loss, softcap, temperature)
 
 
 # typed: 0, 0.0, False and np.float64(0) are separate entries, each checked by LossOptions on its first call
