@@ -202,6 +202,7 @@ def main() -> None:
         wanted = set(args.only.split(","))
         shapes = [(name, shape) for name, shape in FULL_SHAPES if name in wanted]
     compile_too = (args.full or args.compile) and not args.no_compile
+    load_start = os.getloadavg()  # the other tenants' load: a shared machine's ratios are only as good as it
     rows = []
     for name, shape in shapes:
         elements = 1
@@ -246,7 +247,8 @@ def main() -> None:
 
     meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "grid": "full" if args.full else "default",
-            "note": "ratios from one run, providers side by side in one fresh process per case", "summary": summary}
+            "note": "ratios of best times from one run, providers interleaved in one fresh process per case",
+            "load_average_start_end": [load_start, os.getloadavg()], "summary": summary}
     (args.out / f"torch_shapes-cpu{args.tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     _plot(rows, args.out / f"torch_shapes-cpu{args.tag}.png")
     print("\n".join(summary))
