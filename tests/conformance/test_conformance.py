@@ -68,8 +68,6 @@ _TOKEN_FLOAT32 = ("token_log_probs float32 in the Triton kernels: p = exp(d - L)
                   "rounding of d - L (|d| eps / 2) comes back as |d| eps / 2 relative in p: 5-8 ulp in the "
                   "gradient at |d| ~ 10-90 (the torch CPU and vocab-parallel kernels work float32 logits in "
                   "float64 for this reason: cross_entropy.torch_cpu.work_dtype)")
-_DIST_TARGET_MESSAGE = ("vocab_parallel_token_log_probs words a probabilities target its own way ('global class ids "
-                        "of shape local_logits.shape[:-1]; got probabilities', without the shape it got)")
 KNOWN_BUGS: dict[tuple[str, str], str] = {
     **{(f"token_log_probs-{dtype}-{name}", layer): _TOKEN_SUBNORMAL
        for dtype, layers in (("float32", ("triton",)),
@@ -82,7 +80,6 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {
        for layer in ("triton",)
        for name, reason in (("10-T1.0", _TOKEN_FLOAT32), ("25-T0.5", _TOKEN_SUBNORMAL),
                             ("45-T1.0", _TOKEN_SUBNORMAL), ("45-T0.5", _TOKEN_SUBNORMAL))},
-    **{("token_log_probs-error-probabilities", layer): _DIST_TARGET_MESSAGE for layer in ("dist1", "dist2")},
     **{(f"{op}-{dtype}-{name}", "jax"): _JAX_SUBNORMAL for dtype in ("float32", "float64")
        for op in ("logsumexp", "log_softmax", "softmax")
        for name in ("subnormal-probability", "subnormal-probability-target")},

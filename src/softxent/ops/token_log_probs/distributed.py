@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from softxent import _validation as v
 from softxent._options import LossOptions
 from softxent._torch import distributed_args as _args
 from softxent._torch.collectives import Communicator, Field, dtype_code, fingerprint, float_bits, \
@@ -90,7 +91,7 @@ def vocab_parallel_token_log_probs(local_logits: torch.Tensor, target: torch.Ten
         logits = _args.checked_local_logits(local_logits)
         kind = _args.checked_target(target, tuple(logits.shape), logits, "local_logits")
         if kind != "index":
-            raise TypeError("target must hold global class ids of shape local_logits.shape[:-1]; got probabilities")
+            raise v.probabilities_target_error(tuple(target.shape), "local_logits")
         batch_shape = tuple(logits.shape[:-1])
         local_classes = logits.shape[-1]
         rows = math.prod(batch_shape)

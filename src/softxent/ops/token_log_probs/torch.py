@@ -236,7 +236,7 @@ def linear_token_log_probs(input: torch.Tensor, linear_weight: torch.Tensor, tar
     chunk_size = v.check_chunk_size(chunk_size)
     _check_layer_arguments(input, linear_weight, target, linear_bias, None)
     if target.dtype.is_floating_point:
-        raise TypeError(f"target must hold class indices of shape {tuple(input.shape[:-1])}; got probabilities")
+        raise v.probabilities_target_error(tuple(target.shape), "input @ linear_weight.T")
     num_classes = linear_weight.shape[0]
     compiling = torch.compiler.is_compiling()
     if check_labels and not compiling:  # compiled, the forward's op checks them
