@@ -10,38 +10,25 @@ forward, again in the backward, then grad_x and grad_W); the unfused computation
 (N, V) logits and their softmax instead.
 """
 
-import numpy as np
 import torch
 
 from harness import main
+from linear_heads import CASES, QUICK, head, over_gradients, training_step
 
-CASES = {"4096x1024x32000-float32": {"rows": 4096, "features": 1024, "classes": 32000, "dtype": "float32"}}
-QUICK = {"256x64x1000-float32": {"rows": 256, "features": 64, "classes": 1000, "dtype": "float32"}}
 ENTROPY_BONUS = 0.01
 
 
-def _inputs(case):
+def _runner(log_probs_fn, case, device):
     g = torch.Generator().manual_seed(0)
-    dtype = getattr(torch, case["dtype"])
-    x = torch.randn(case["rows"], case["features"], generator=g).to(dtype)
-    w = (torch.randn(case["classes"], case["features"], generator=g) / case["features"] ** 0.5).to(dtype)
+    x, w = head(case, g)
     t = torch.randint(0, case["classes"], (case["rows"],), generator=g)
     advantage = torch.randn(case["rows"], generator=g)
-    return x, w, t, advantage
 
-
-def _runner(log_probs_fn, case, device):
-    x, w, t, advantage = _inputs(case)
-    x, w, t, advantage = x.to(device).requires_grad_(), w.to(device).requires_grad_(), t.to(device), advantage.to(device)
-
-    def run():
+    def rl_loss(x, w, t, advantage):
         lp, h = log_probs_fn(x, w, t)
-        loss = -(advantage * lp).mean() - ENTROPY_BONUS * h.mean()
-        loss.backward()
-        x.grad = w.grad = None  # counted in the peak, not in the next call's baseline
-        return loss
+        return -(advantage * lp).mean() - ENTROPY_BONUS * h.mean()
 
-    return run
+    return training_step(rl_loss, x, w, t, advantage, device=device)
 
 
 def make_softxent(case, device):
@@ -61,12 +48,6 @@ def make_unfused(case, device):
     return _runner(unfused, case, device)
 
 
-def describe(case, row):
-    itemsize = np.dtype(case["dtype"]).itemsize
-    grads = (case["rows"] + case["classes"]) * case["features"] * itemsize
-    return {"grads_bytes": grads, "peak_over_grads": row["peak_extra_bytes"] / grads}
-
-
 if __name__ == "__main__":
     main("linear_token_log_probs", CASES, QUICK, {"softxent": make_softxent, "unfused": make_unfused},
-         describe=describe)
+         describe=over_gradients)

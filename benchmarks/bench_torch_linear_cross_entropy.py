@@ -4,40 +4,26 @@ that runs on the CPU; `pip install -e '.[bench]'`), and the NumPy layer's fused 
 
 Each provider computes the loss of `input @ linear_weight.T` against class indices and the gradients of
 input and linear_weight, in a fresh process (harness.py), and drops the gradients before returning.
-Peak extra memory is over the inputs, and includes the gradients themselves: grad_input + grad_weight
-= (N + V) * D * itemsize is the least any provider can allocate; `peak_over_grads` divides by it.
+Peak extra memory is over the inputs, gradients included (linear_heads.py, which the token log-prob
+and distillation benchmarks share).
 FLOPs: three matrix products of 2 * N * D * V each (logits, grad_input, grad_weight).
 """
 
-import numpy as np
 import torch
 
 from harness import Unavailable, main
-
-CASES = {"4096x1024x32000-float32": {"rows": 4096, "features": 1024, "classes": 32000, "dtype": "float32"}}
-QUICK = {"256x64x1000-float32": {"rows": 256, "features": 64, "classes": 1000, "dtype": "float32"}}
+from linear_heads import CASES, QUICK, head, over_gradients, training_step
 
 
 def _inputs(case):
     g = torch.Generator().manual_seed(0)
-    dtype = getattr(torch, case["dtype"])
-    x = torch.randn(case["rows"], case["features"], generator=g).to(dtype)
-    w = (torch.randn(case["classes"], case["features"], generator=g) / case["features"] ** 0.5).to(dtype)
-    t = torch.randint(0, case["classes"], (case["rows"],), generator=g)
-    return x, w, t
+    x, w = head(case, g)
+    return x, w, torch.randint(0, case["classes"], (case["rows"],), generator=g)
 
 
 def _runner(loss_fn, case, device):
     x, w, t = _inputs(case)
-    x, w, t = x.to(device).requires_grad_(), w.to(device).requires_grad_(), t.to(device)
-
-    def run():
-        loss = loss_fn(x, w, t)
-        loss.backward()
-        x.grad = w.grad = None  # counted in the peak, not in the next call's baseline
-        return loss
-
-    return run
+    return training_step(loss_fn, x, w, t, device=device)
 
 
 def make_softxent(case, device):
@@ -76,11 +62,8 @@ def make_softxent_numpy(case, device):
 
 
 def describe(case, row):
-    itemsize = np.dtype(case["dtype"]).itemsize
-    grads = (case["rows"] + case["classes"]) * case["features"] * itemsize
     flops = 3 * 2 * case["rows"] * case["features"] * case["classes"]
-    return {"grads_bytes": grads, "peak_over_grads": row["peak_extra_bytes"] / grads,
-            "gflop_per_s": flops / row["time_s"] / 1e9}
+    return {**over_gradients(case, row), "gflop_per_s": flops / row["time_s"] / 1e9}
 
 
 if __name__ == "__main__":
