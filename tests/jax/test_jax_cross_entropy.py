@@ -236,3 +236,36 @@ def test_bad_label_under_jit_is_a_nan_row_and_check_inputs_reports_it():
         err.throw()
     err, _ = checked(jnp.asarray(LOGITS), jnp.asarray(LABELS))
     err.throw()  # good labels: nothing to throw
+
+
+def _tie_rows(C):
+    """Rows whose top entries (e = 1) the gradient's kernel must count: ties inside one block of 128
+    classes, ties in blocks far apart (the full count's path), a near-tie whose exp rounds to 1, +inf
+    entries in two blocks, a fully masked row, and a plain row."""
+    rows = RNG.standard_normal((6, C)).astype(np.float32)
+    rows[0, [3, 7]] = 5.0                                   # two maxima in the first block
+    rows[1, [3, 300, C - 1]] = 5.0                          # three maxima in three blocks
+    rows[2, 10] = 0.25
+    rows[2, 11] = np.nextafter(np.float32(0.25), np.float32(-1))  # gap -1.5e-8: exp rounds to 1
+    rows[3, [5, 200]] = np.inf
+    rows[4] = -np.inf
+    return rows
+
+
+@pytest.mark.parametrize("C", [512, 384, 7 * 64])
+def test_value_and_gradient_count_every_top_entry(C):
+    """Regression for the gradient's kernel (terms written out, the top entries located by blocks)."""
+    x = _tie_rows(C)
+    t = np.array([7, 300, 10, 5, 0, 1])
+    expected, grad = sx.cross_entropy(x.astype(np.float64), t, reduction="sum", return_grad=True)
+    value, got = jax.jit(jax.value_and_grad(lambda a: sxj.cross_entropy(a, jnp.asarray(t), reduction="sum")))(
+        jnp.asarray(x))
+    assert_close(value, expected, dtype="float32", what="loss")
+    assert_close(got, grad, dtype="float32", what="gradient")
+    # only the first block of ties: the cheap path (no row with top entries in two blocks)
+    value, got = jax.jit(jax.value_and_grad(lambda a: sxj.cross_entropy(a, jnp.asarray(t[[0, 2, 4, 5]]),
+                                                                        reduction="sum")))(jnp.asarray(x[[0, 2, 4, 5]]))
+    expected, grad = sx.cross_entropy(x[[0, 2, 4, 5]].astype(np.float64), t[[0, 2, 4, 5]], reduction="sum",
+                                      return_grad=True)
+    assert_close(value, expected, dtype="float32", what="loss")
+    assert_close(got, grad, dtype="float32", what="gradient")

@@ -383,10 +383,10 @@ def cross_entropy(logits: Any, target: Any, *, axis: int = -1, weight: Any = Non
 @partial(jax.custom_jvp, nondiff_argnums=(4,))
 def _cross_entropy(rows, target, weight, num_items, problem):
     # the loss alone: XLA drops the gradient's work, which this output does not use
-    return _forward(rows, target, weight, num_items, problem)[0]
+    return _forward(rows, target, weight, num_items, problem, with_grad=False)[0]
 
 
-def _forward(rows, target, weight, num_items, problem: Problem, target_grad: bool = False):
+def _forward(rows, target, weight, num_items, problem: Problem, target_grad: bool = False, with_grad: bool = True):
     """(loss, d loss / d rows, d loss / d target or None): one fused sweep over the rows.
 
     The gradients are those of the returned loss (for "none", of each row's own loss). `target_grad`
@@ -402,7 +402,8 @@ def _forward(rows, target, weight, num_items, problem: Problem, target_grad: boo
     d_target = None
     if num_rows and problem.num_classes:
         z, t = softcapped(rows.astype(work), options)
-        stats = row_stats(z, options.temperature)
+        # with the gradient, the sum's terms are written out and the gradient takes them over in place
+        stats = row_stats(z, options.temperature, kept_terms=with_grad)
         losses, plan = row_losses(stats, labels, probs, weight, problem, scale, work)
         columns = jnp.arange(problem.num_classes)
         weight_cols = None if weight is None else weight.astype(work)

@@ -37,9 +37,11 @@ from softxent.ops.cross_entropy.jax import (Problem, RowPlan, checked_problem, d
 from softxent.ops.linear_cross_entropy.numpy import check_layer_shapes
 from softxent.ops.logsumexp.jax import limit_rows, row_stats, shifted_exp
 
-# Logits per chunk, about 4M (16 MiB in float32): XLA keeps a few chunk-sized temporaries alive (the
-# logits, their exps, the gradient), which stays far below one (N, V) array at LLM sizes.
-CHUNK_ELEMENTS = 1 << 22
+# Logits per chunk, about 8M (32 MiB in float32): XLA keeps a few chunk-sized temporaries alive (the
+# logits and their terms, the gradient), which stays far below one (N, V) array at LLM sizes. Each chunk
+# also adds its g.T @ x into the whole (V, D) dw, a pass over dw per chunk: 8M rather than 4M measured
+# 1.5x faster at N=2048, D=1024, V=32000 (compiled temporaries 0.32x one (N, V) array at N=4096).
+CHUNK_ELEMENTS = 1 << 23
 
 
 def checked_layer(x: Any, w: Any, bias: Any):
@@ -117,7 +119,7 @@ def linear_cross_entropy(x: Any, w: Any, target: Any, *, bias: Any = None, weigh
         weight, ignore_index, reduction, label_smoothing, z_loss, softcap, temperature, num_items: as
             `cross_entropy`.
         chunk_size: rows of logits per forward chunk (the backward's vocabulary slices hold as many
-            logits); None picks about 4M logits per chunk.
+            logits); None picks about 8M logits per chunk.
 
     Returns:
         The loss in the dtype of x (per row for ``"none"``). Differentiable in x, w and bias.
@@ -180,7 +182,7 @@ def _linear_fwd(rows, w, bias, target, weight, num_items, static):
             chunk = lax.dynamic_slice_in_dim(rows, start, row_step, 0)
             t = lax.dynamic_slice_in_dim(target, start, row_step, 0)
             z, tanh = softcapped(logits_of(chunk, w, bias, work), options)
-            stats = row_stats(z, options.temperature)
+            stats = row_stats(z, options.temperature, kept_terms=in_forward)  # the gradient takes them over
             probs = t.astype(work) if labels is None else None
             losses, plan = row_losses(stats, t if labels is not None else None, probs, weight, problem, scale, work)
             if not in_forward:

@@ -19,10 +19,16 @@ adversarial set (tests/adversarial.py, up to 10^6 terms) stays far below an ulp 
 (benchmarks/results/jax_accuracy.json). A fully compensated (double-float) reduction measured 6x
 slower on the CPU and bought nothing measurable.
 
-Written for XLA's CPU backend as measured with jaxlib 0.10: no argmax (a variadic reduction, several
-times slower), no select inside a reduction (gaps are clamped instead), sibling reductions kept apart
-(a multi-output loop runs 4x slower), and the entries recomputed inside each consumer's loop rather
-than written out as (N, V) arrays.
+Written for XLA's CPU backend as measured with jaxlib 0.10: no argmax over whole rows (a variadic
+reduction, several times slower), no select inside a reduction (gaps are clamped instead), sibling
+reductions kept apart (a multi-output loop runs 4x slower), no scalar constant inside a reduction's
+fusion (it is written out as an (N, V) broadcast). Reductions fused with elementwise work run through
+YNNPACK, which gives each intermediate a row-sized buffer allocated per row and per call: the TwoSum sum
+then ran 2-4x slower than a plain sum (most of it page faults when malloc maps such buffers afresh).
+So two forms: without a gradient the entries are recomputed inside each consumer's loop (no (N, V)
+temporary); with one (`row_stats(..., kept_terms=True)`) the sum's terms are written once, summed
+plainly, and the gradient reads them back and overwrites them in place, as optax's exp(x - m) is;
+the entries at the max are then counted in the first block of 128 classes holding one (`_kept_sums`).
 
 The limits of rules 2 and 3 of docs/semantics.md are handled once, here: a fully masked row keeps shift 0, so
 e = 0 and L = -inf; a row holding +inf is shifted by the largest float with its +inf entries capped
@@ -53,8 +59,9 @@ class RowStats:
     consumer needs them, so XLA fuses them into that consumer's loop instead of writing (N, V) arrays.
     """
 
-    def __init__(self, raw, cap, temperature, center, rest, total, log_sum, masked, infinite):
+    def __init__(self, raw, cap, temperature, center, rest, total, log_sum, masked, infinite, terms=None):
         self.raw, self.cap, self.temperature = raw, cap, temperature
+        self.terms = terms  # the sum's terms e - [e >= 1] written out (`row_stats(..., kept_terms=True)`)
         self.center = center  # m itself (what z is shifted by before T divides)
         self.shift = center / temperature if temperature != 1.0 else center  # m / T
         self.rest = rest  # sum of e without one max's term
@@ -75,7 +82,10 @@ class RowStats:
         sums' own copy."""
         if self._entries is None:
             raw, cap, center = lax.optimization_barrier((self.raw, self.cap, self.center))
-            self._entries = shifted_exp(jnp.minimum(raw, cap[..., None]), center, self.temperature)
+            d, d_c, d_lo, e = shifted_exp(jnp.minimum(raw, cap[..., None]), center, self.temperature)
+            if self.terms is not None:  # e from the written terms: no second exp, nor TwoSum
+                e = self.terms + _is_top(self.terms, d)
+            self._entries = d, d_c, d_lo, e
         return self._entries
 
     d = property(lambda self: self.entries()[0])  # (z - m) / T, hi part (-inf where z is)
@@ -178,17 +188,21 @@ def exp_sums(raw, cap, center, temperature: float = 1.0):
     e = jnp.exp(s)
     e = e + e * d_lo
     below = jnp.sum(e - jnp.floor(e), axis=-1)
+    return below, tie_count(raw, cap, center, temperature)
+
+
+def tie_count(raw, cap, center, temperature: float = 1.0):
+    """The number of entries at the max (e == 1), per row, over the raw rows capped by `cap`."""
     # the count over a (..., V / k, k) view of the rows, reduced over both axes: XLA then does not fuse
     # it with `below` into one multi-output loop (whose operands its CPU backend writes out as (N, V));
     # k, the largest power of two up to 128 dividing V, keeps the inner loop vectorised
     v = raw.shape[-1]
-    k = next(k for k in (128, 64, 32, 16, 8, 4, 2, 1) if v % k == 0)
+    k = _block(v)
     raw2 = raw.reshape(raw.shape[:-1] + (v // k, k))
     # no clamp here: exp(-inf) is 0 and floor(exp(gap)) is 0 below the max, and a scalar operand of the
     # reduction's fusion is written out as a (N, V) broadcast on XLA's CPU backend (measured: a full pass)
     gap = jnp.minimum(raw2, cap[..., None, None]) - center[..., None, None]
-    ties = jnp.sum(jnp.floor(jnp.exp(gap / temperature if temperature != 1.0 else gap)), axis=(-2, -1))
-    return below, ties
+    return jnp.sum(jnp.floor(jnp.exp(gap / temperature if temperature != 1.0 else gap)), axis=(-2, -1))
 
 
 def combine_rest(below, ties):
@@ -204,16 +218,83 @@ def log_sum(rest: jax.Array, masked: jax.Array, row_max: jax.Array):
     return top, total, jnp.where(top == 1.0, jnp.log1p(rest), jnp.log(total))
 
 
-def row_stats(z: jax.Array, temperature: float = 1.0) -> RowStats:
-    """The shared row statistics of z (classes on the last axis, work dtype); see the module docstring."""
-    m = jnp.max(z, axis=-1)
+def row_stats(z: jax.Array, temperature: float = 1.0, *, kept_terms: bool = False) -> RowStats:
+    """The shared row statistics of z (classes on the last axis, work dtype); see the module docstring.
+
+    `kept_terms`: write the sum's terms out once (an (N, V) array that the consumer's own (N, V) output
+    can take over, as the gradient does) instead of recomputing them in each loop; see `_kept_sums`.
+    """
+    v = z.shape[-1]
+    k = _block(v)
+    blocks = None
+    if kept_terms and k > 1 and z.size:
+        # 1. the max through the maxima of blocks of k entries: the blocks locate the ties below
+        # (behind a barrier: XLA would otherwise fold max(blocks) into a second full pass over z)
+        blocks = lax.optimization_barrier(jnp.max(z.reshape(z.shape[:-1] + (v // k, k)), axis=-1))
+        m = jnp.max(blocks, axis=-1)
+    else:
+        m = jnp.max(z, axis=-1)
     masked, infinite = m == -jnp.inf, m == jnp.inf
     cap = limit_cap(infinite, z.dtype)
     center = jnp.where(infinite, cap, jnp.where(jnp.isinf(m), jnp.zeros_like(m), m))
     # 3. the sum without the max's 1, then log1p
-    rest = combine_rest(*exp_sums(z, cap, center, temperature))
+    terms = None
+    if blocks is None:
+        rest = combine_rest(*exp_sums(z, cap, center, temperature))
+    else:
+        rest, terms = _kept_sums(z, cap, center, temperature, blocks, k)
     top, total, L = log_sum(rest, masked, m)
-    return RowStats(z, cap, temperature, center, rest, total, L, masked, infinite)
+    return RowStats(z, cap, temperature, center, rest, total, L, masked, infinite, terms)
+
+
+def _block(v: int) -> int:
+    """The largest power of two up to 128 dividing V: rows seen as (V / k, k) keep loops vectorised."""
+    return next(k for k in (128, 64, 32, 16, 8, 4, 2, 1) if v % k == 0)
+
+
+def _is_top(terms, d):
+    """1 where e >= 1 (the max, its ties, and gaps too small for exp to see), else 0: those terms are 0
+    and every other entry with a gap above -1 has e > 1/e, so a zero term there marks them."""
+    return ((terms == 0) & (d > -1.0)).astype(terms.dtype)
+
+
+def _kept_sums(raw, cap, center, temperature, blocks, k):
+    """(rest, terms): the sum without one max's term, from terms = min(e, 1) - floor(e) written out.
+
+    On XLA's CPU backend a reduction fused with elementwise work (YNNPACK) gives each intermediate its
+    own row-sized buffer, allocated per row and per call (measured: the exp-and-TwoSum sum ran 2-4x
+    slower than a plain sum, most of it in page faults of those buffers). Here the terms are written
+    once by a loop, as optax writes exp(x - m), and summed plainly; the gradient then reads them back
+    (e = terms, plus 1 at the top entries) and overwrites them in place.
+
+    The count of entries with e >= 1 needs no pass over the rows: only a block whose max has a gap
+    above -2^-20 can hold one (exp of anything lower is below 1), so the count is taken in the first
+    such block; a row with several such blocks (ties far apart, or +inf entries) sends the whole batch
+    through a full count (`lax.cond`: a rare, slower path, never a wrong one).
+    """
+    d, s, d_lo = _gaps(jnp.minimum(raw, cap[..., None]), center, temperature)
+    e = jnp.exp(s)
+    e = e + e * d_lo
+    # e <= 1 + 2^-24 (gaps <= 0): min(e, 1) - floor(e) is e below 1 and 0 at the top, NaN kept
+    terms = lax.optimization_barrier(jnp.minimum(e, 1.0) - jnp.floor(e))
+    below = jnp.sum(terms, axis=-1)
+    gap = (jnp.minimum(blocks, cap[..., None]) - center[..., None])
+    gap = gap / temperature if temperature != 1.0 else gap
+    candidate = gap > -(2.0**-20)
+    count = jnp.sum(candidate.astype(raw.dtype), axis=-1)
+    first = jnp.argmax(candidate, axis=-1)
+    v = raw.shape[-1]
+    as_blocks = lambda a: a.reshape(a.shape[:-1] + (v // k, k))
+    pick = lambda a: jnp.take_along_axis(as_blocks(a), first[..., None, None], axis=-2)[..., 0, :]
+    block_d = _gaps(jnp.minimum(pick(raw), cap[..., None]), center, temperature)[0]
+    in_block = jnp.sum(_is_top(pick(terms), block_d), axis=-1)
+
+    # the full count from the raw rows, not from the terms: terms passed into the cond would keep XLA
+    # from writing the gradient over them in place (measured: a second (N, V) buffer)
+    every_row = lambda raw, cap, center: tie_count(raw, cap, center, temperature)
+    first_block = lambda *_: jnp.where(count > 0, in_block, 0.0)
+    ties = lax.cond(jnp.any(count > 1), every_row, first_block, raw, cap, center)
+    return combine_rest(below, ties), terms
 
 
 def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, where: Any = None) -> jax.Array:
@@ -285,15 +366,16 @@ def _lse(rows):
     return _lse_fwd(rows)[0]
 
 
-def _lse_fwd(rows):
-    stats = row_stats(rows.astype(ja.work_dtype(rows.dtype)))
+def _lse_fwd(rows, kept_terms=False):
+    stats = row_stats(rows.astype(ja.work_dtype(rows.dtype)), kept_terms=kept_terms)
     return stats.lse.astype(rows.dtype), stats.probs.astype(rows.dtype)
 
 
 @_lse.defjvp
 def _lse_jvp(primals, tangents):
-    # d lse / dx = softmax(x): the residual is the gradient itself; masked rows hold zeros
-    lse, probs = _lse_fwd(primals[0])
+    # d lse / dx = softmax(x): the residual is the gradient itself (written over the sum's terms);
+    # masked rows hold zeros
+    lse, probs = _lse_fwd(primals[0], kept_terms=True)
     return lse, _contract(probs, tangents[0]).astype(lse.dtype)
 
 

@@ -97,7 +97,8 @@ def _softmax(rows, temperature):
 
 
 def _softmax_fwd(rows, temperature):
-    stats = row_stats(rows.astype(ja.work_dtype(rows.dtype)), temperature)
+    # the sum's terms written out once: the probabilities are written over them (ops/logsumexp/jax.py)
+    stats = row_stats(rows.astype(ja.work_dtype(rows.dtype)), temperature, kept_terms=True)
     probs = stats.probs.astype(rows.dtype)
     # fully masked rows and rows holding +inf are constant in x (their limits): derivative 0 (rule 2)
     return probs, stats.masked | stats.infinite

@@ -141,7 +141,7 @@ def _token(rows, labels, static):
     return _token_fwd(rows, labels, static)[0]
 
 
-def _token_fwd(rows, labels, static):
+def _token_fwd(rows, labels, static, kept_terms=False):
     """((log_probs, entropy), (d log_probs / d rows, d entropy / d rows or None)), one row pass."""
     problem, with_entropy = static
     options = problem.options
@@ -151,7 +151,7 @@ def _token_fwd(rows, labels, static):
         zeros = jnp.zeros((num_rows,), out)
         return (zeros, zeros), (jnp.zeros(rows.shape, rows.dtype), jnp.zeros(rows.shape, rows.dtype))
     z, t = softcapped(rows.astype(work), options)
-    stats = row_stats(z, options.temperature)
+    stats = row_stats(z, options.temperature, kept_terms=kept_terms)  # the Jacobian rows take them over
     lp, h, token = token_rows(stats, labels, options, num_classes)
     columns = jnp.arange(num_classes)
     ones, nothing = jnp.ones((num_rows,), work), jnp.zeros((num_rows,), work)
@@ -167,7 +167,7 @@ def _token_fwd(rows, labels, static):
 def _token_jvp(static, primals, tangents):
     # the tangents <Jacobian row, d rows> are linear: JAX's transpose keeps the Jacobian rows as the
     # only residuals, and forward mode and higher derivatives work (custom_jvp, not custom_vjp)
-    (lp, h), (d_lp, d_h) = _token_fwd(primals[0], primals[1], static)
+    (lp, h), (d_lp, d_h) = _token_fwd(primals[0], primals[1], static, kept_terms=True)
     work = ja.work_dtype(d_lp.dtype)
     d_rows = tangents[0].astype(work)
     t_lp = jnp.sum(d_lp.astype(work) * d_rows, axis=-1).astype(lp.dtype)
@@ -191,7 +191,7 @@ def linear_token_log_probs(x: Any, w: Any, target: Any, *, bias: Any = None, tem
     Args:
         x: inputs (..., D); w: (V, D); target: class indices of shape x.shape[:-1]; bias: (V,) or None.
         temperature, softcap, ignore_index, return_entropy: as `token_log_probs`.
-        chunk_size: rows of logits per forward chunk; None picks about 4M logits per chunk.
+        chunk_size: rows of logits per forward chunk; None picks about 8M logits per chunk.
 
     Returns:
         log_probs (shape of target; float32 for 16-bit inputs), or ``(log_probs, entropy)``.
