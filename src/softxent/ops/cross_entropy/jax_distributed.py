@@ -24,12 +24,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from softxent import _validation as v
 from softxent._jax import arrays as ja
 from softxent._options import LossOptions
 from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.jax import (Problem, denominator, finish_grad, grad_columns, row_losses)
-from softxent.ops.logsumexp.jax import RowStats, combine_rest, exp_sums, limit_cap, log_sum, shifted_exp
+from softxent.ops.logsumexp.jax import RowStats, combine_rest, exp_sums, limit_cap, log_sum
 
 
 def vocab_parallel_cross_entropy(local_logits: Any, target: Any, *, axis_name: Any, ignore_index: int = -100,

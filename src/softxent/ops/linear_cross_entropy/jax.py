@@ -32,7 +32,7 @@ from softxent import _validation as v
 from softxent._jax import arrays as ja
 from softxent._options import LossOptions
 from softxent.ops.cross_entropy import spec
-from softxent.ops.cross_entropy.jax import (Problem, RowPlan, checked_problem, denominator, finish_grad,
+from softxent.ops.cross_entropy.jax import (checked_problem, denominator, finish_grad,
                                             grad_columns, row_losses, softcapped)
 from softxent.ops.linear_cross_entropy.numpy import check_layer_shapes
 from softxent.ops.logsumexp.jax import limit_rows, row_stats, shifted_exp
@@ -238,7 +238,7 @@ def _linear_bwd(static, residual, g):
         return (dx * g.astype(dx.dtype), dw * g.astype(dw.dtype), None if db is None else db * g.astype(db.dtype),
                 None, None, None)
     out_dtype, work = _dtypes(rows, w, bias)
-    num_rows, num_classes = rows.shape[0], w.shape[0]
+    num_classes = w.shape[0]
     dx, dw = jnp.zeros(rows.shape, work), jnp.zeros(w.shape, work)
     db = None if bias is None else jnp.zeros(bias.shape, work)
     if saved is not None:

@@ -41,7 +41,6 @@ needs L to more than 24 bits; the error is within half an ulp of |m|).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax

@@ -82,7 +82,6 @@ def token_forward_rows(logits: torch.Tensor, labels: torch.Tensor, options: Loss
     kept = (labels != options.ignore_index).view(-1, 1)
     safe = torch.where(kept.view(-1), labels, 0).view(-1, 1)
     step = max(1, chunk_rows(num_classes, acc) // 2)  # two or three such buffers per thread: half a chunk
-    lowest = torch.finfo(acc).min
 
     def work(start: int, stop: int) -> None:
         most = min(step, stop - start)  # the buffers' rows: the longest chunk
