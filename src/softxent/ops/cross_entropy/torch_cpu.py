@@ -151,16 +151,23 @@ class _Kernel:
         chunk = min(self.step, stop - start)
         in_place = (self.grad_out is not None and self.grad_out.dtype == acc
                     and not options.transforms_logits)
-        scratch = None if in_place else torch.empty(chunk, self.num_classes, dtype=acc, device=self.x.device)
-        tanh = (torch.empty(chunk, self.num_classes, dtype=acc, device=self.x.device)
-                if self.grad_out is not None and options.softcap is not None else None)
-        coef = (torch.empty(chunk, self.num_classes, dtype=acc, device=self.x.device)
-                if self.probs is not None else None)
+        scratch = None if in_place else self._buffer(chunk)
+        tanh = self._buffer(chunk) if self.grad_out is not None and options.softcap is not None else None
+        coef = self._buffer(chunk) if self.probs is not None else None
         for lo in range(start, stop, self.step):
             hi = min(lo + self.step, stop)
             n = hi - lo
             buf = self.grad_out[lo:hi] if in_place else scratch[:n]
             self._chunk(lo, hi, buf, None if tanh is None else tanh[:n], None if coef is None else coef[:n])
+
+    def _buffer(self, rows: int) -> torch.Tensor:
+        """A (rows, C) scratch buffer in the logits' layout: row-major, or column-major where the classes
+        are strided and the rows are not (a K-dimensional input's rows: (N, C, d...) seen per sample as
+        (d..., C)). There a reduction over the classes then runs across rows, vectorized, instead of over
+        a short row at a time (21 classes: 4x slower), and the copies in and out keep their order."""
+        if self.x.stride(0) == 1 and self.x.stride(1) != 1:
+            return torch.empty(self.num_classes, rows, dtype=self.acc, device=self.x.device).t()
+        return torch.empty(rows, self.num_classes, dtype=self.acc, device=self.x.device)
 
     def _chunk(self, lo: int, hi: int, buf, tanh, coef) -> None:
         options = self.options
