@@ -64,6 +64,19 @@ class Case:
     def exact_loss(self) -> mpmath.mpf:
         return -self.exact_log_softmax_of(float(self.logits[self.target]))
 
+    def log_softmax_ulp_errors(self, result: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct logits, worst ulp error of `result` over the entries holding each): entries holding the
+        same logit share one exact log-softmax, so the extremes of their outputs are checked against it."""
+        from compare import ulp_error
+
+        values, inverse = np.unique(self.logits, return_inverse=True)
+        lowest = np.full(values.shape, np.inf, dtype=result.dtype)
+        highest = np.full(values.shape, -np.inf, dtype=result.dtype)
+        np.minimum.at(lowest, inverse, result)
+        np.maximum.at(highest, inverse, result)
+        exact = [self.exact_log_softmax_of(float(v)) for v in values]
+        return values, np.maximum(ulp_error(lowest, exact), ulp_error(highest, exact))
+
 
 def _row(values, dtype) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).astype(dtype)
