@@ -102,3 +102,15 @@ def test_errors_match_numpy_layer():
         with pytest.raises((ValueError, TypeError)) as theirs:
             mistake(sx)
         assert (ours.type, str(ours.value)) == (theirs.type, str(theirs.value))
+
+
+@pytest.mark.parametrize("shape, axis", [((3, 0), -1), ((0, 4), 0), ((2, 0, 5), (1, 2))])
+def test_an_empty_class_axis_gives_what_the_numpy_layer_gives(shape, axis):
+    """No classes: logsumexp is -inf (an empty sum), softmax and log_softmax an empty array; under jit
+    and grad as well (it raised "zero-size array to reduction", the max over nothing)."""
+    x = np.zeros(shape, np.float32)
+    assert_close(np.asarray(sxj.logsumexp(x, axis=axis)), sx.logsumexp(x, axis=axis), dtype="float32")
+    for name in ("softmax", "log_softmax"):
+        ours = jax.jit(lambda a, f=getattr(sxj, name): f(a, axis=axis))(jnp.asarray(x))
+        assert ours.shape == getattr(sx, name)(x, axis=axis).shape == shape
+    assert jax.grad(lambda a: sxj.logsumexp(a, axis=axis).sum())(jnp.asarray(x)).shape == shape

@@ -346,6 +346,8 @@ def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, where: Any = None) -> ja
     # entries with b == 0 leave the sum inside _lse_b, which keeps their gradient in b
     rows = ja.axes_last(x, axes)
     out_shape = ja.reduced_shape(x.shape, axes)
+    if rows.shape[-1] == 0:  # an empty sum: -inf, as the NumPy and torch layers (a max over nothing has no value)
+        return jnp.full(out_shape, -jnp.inf, x.dtype)
     if b is None:
         return _lse_jit(rows).reshape(out_shape)
     return _lse_b_jit(rows, ja.axes_last(b, axes)).reshape(out_shape)

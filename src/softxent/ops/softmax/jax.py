@@ -28,6 +28,11 @@ def _prepare(x: Any, axis: Any, temperature: float, where: Any):
     return x, axes, temperature
 
 
+def _no_classes(x, axes) -> bool:
+    """Whether the class axes hold no entry (a max over nothing has no value: nothing to compute)."""
+    return any(x.shape[a] == 0 for a in axes)
+
+
 def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = None) -> jax.Array:
     """Probabilities from scores along `axis`, for JAX.
 
@@ -55,6 +60,8 @@ def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = No
     See also: ``softxent.softmax`` (NumPy), ``softxent.torch.softmax``.
     """
     x, axes, temperature = _prepare(x, axis, temperature, where)
+    if _no_classes(x, axes):
+        return jnp.zeros_like(x)  # nothing to normalise: an empty result, as the NumPy and torch layers
     return ja.axes_restore(_softmax_jit(ja.axes_last(x, axes), temperature), x.shape, axes)
 
 
@@ -83,6 +90,8 @@ def log_softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any 
     See also: ``softxent.log_softmax`` (NumPy), ``softxent.torch.log_softmax``.
     """
     x, axes, temperature = _prepare(x, axis, temperature, where)
+    if _no_classes(x, axes):
+        return jnp.zeros_like(x)
     return ja.axes_restore(_log_softmax_jit(ja.axes_last(x, axes), temperature), x.shape, axes)
 
 
