@@ -285,7 +285,7 @@ def _linear_forward(x, weight, bias, labels, options: LossOptions, entropy: bool
     h = torch.zeros_like(lp)
     stats = torch.zeros(num_rows, 3, dtype=acc, device=x.device)
     chunk = max(1, min(chunk or _default_chunk(x, weight), num_rows))
-    buffer = torch.empty(min(chunk, num_rows), num_classes, dtype=x.dtype, device=x.device)
+    buffer = torch.empty(chunk, num_classes, dtype=x.dtype, device=x.device)
     forward_rows, _ = _eager_kernels(buffer)
     for lo in range(0, num_rows, chunk):
         hi = min(lo + chunk, num_rows)
@@ -309,7 +309,7 @@ def _linear_backward(x, weight, bias, labels, options: LossOptions, lp, stats, g
     chunk = max(1, min(chunk or _default_chunk(x, weight), num_rows))
     reuse = buffer is not None
     if buffer is None:
-        buffer = torch.empty(min(chunk, num_rows), num_classes, dtype=dtype, device=x.device)
+        buffer = torch.empty(chunk, num_classes, dtype=dtype, device=x.device)
     _, backward_rows = _eager_kernels(buffer)
     slice_rows = max(64, (chunk * num_classes) // (4 * max(1, features)))
     for lo in range(0, num_rows, chunk):
