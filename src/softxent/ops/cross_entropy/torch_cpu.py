@@ -17,9 +17,12 @@ term out, rest = sum_{j != t} e_j, so that when the target holds the max (d_t = 
 log1p(rest), exact however small, and its gradient -a_t rest / s never cancels (Blanchard, Higham &
 Higham 2021, for the log1p form of log-sum-exp).
 
-Rows go through in chunks of about `CHUNK_BYTES` of the working precision, a few passes each (max,
-shift, exp, sum, scale) over data that stays in cache; large problems run one span of rows per core
-(`softxent._torch.threads.for_row_spans`).
+The common problem (float32 or bfloat16 logits, class-index targets, no softcap) runs in the compiled
+kernel `cpu_rows.c` (the extension `_cpu_rows`): per row, one read for the max, one for the exps into a
+float64 scratch row and one write of the gradient. Everything else, and the rows that kernel leaves (a
+max that is not finite, a NaN), goes through torch ops here: chunks of about `CHUNK_BYTES` of the working
+precision, a few passes each (max, shift, exp, sum, scale) over data that stays in cache. Large problems
+run one span of rows per core (`softxent._torch.threads.for_row_spans`) on either path.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ import array_api_compat.torch as xp
 from softxent._options import LossOptions
 from softxent.ops.cross_entropy import spec
 from softxent._torch.threads import for_row_spans
+
+try:
+    from softxent.ops.cross_entropy import _cpu_rows
+except ImportError:  # built without a C compiler (setup.py makes the extension optional): torch ops only
+    _cpu_rows = None
 
 # One chunk of rows in the working precision. Small enough that its passes hit the cache (L2/L3), large
 # enough that the ~20 op dispatches per chunk (a few microseconds each) stay well under its arithmetic.
@@ -96,9 +104,59 @@ def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch
         if grad_out is not None:
             grad_out.zero_()
         return losses, lse
+    if _compiled_kernel_takes(logits, target, options, grad_out):
+        return _compiled_rows(logits, target, weight, options, grad_scale, grad_out, losses, lse)
     kernel = _Kernel(logits, target, weight, options, grad_scale, grad_out)
     for_row_spans(num_rows, num_classes, kernel.run, device=device, align=kernel.step)
     return kernel.finish(losses, lse)
+
+
+_COMPILED_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # cpu_rows.c's dtype codes
+
+
+def _compiled_kernel_takes(logits, target, options: LossOptions, grad_out) -> bool:
+    return (_cpu_rows is not None and logits.device.type == "cpu" and logits.dtype in _COMPILED_DTYPES
+            and not target.dtype.is_floating_point and options.softcap is None
+            and (grad_out is None or grad_out.dtype == logits.dtype))
+
+
+def _compiled_rows(logits, target, weight, options: LossOptions, grad_scale, grad_out, losses, lse):
+    """`cross_entropy_rows` through cpu_rows.c: the spec resolves each row's coefficients here (float64,
+    N values), the C kernel computes the rows; rows it flags (a max that is not finite, a NaN) are
+    recomputed on the torch-op path, which gives them their limits."""
+    num_rows, num_classes = logits.shape
+    w = None if weight is None else weight.to(dtype=torch.float64).contiguous()
+    coefficients = spec.index_coefficients(xp, target.reshape(num_rows), w, options, num_classes, torch.float64)
+    row_scale = None
+    if grad_out is not None:
+        row_scale = (grad_scale * coefficients.kept.to(torch.float64) / options.temperature).contiguous()
+    special = torch.empty(num_rows, dtype=torch.uint8)
+    dtype_code = _COMPILED_DTYPES[logits.dtype]
+    address = lambda tensor: 0 if tensor is None else tensor.data_ptr()  # noqa: E731
+    flagged = []
+
+    def work(start: int, stop: int) -> None:
+        flagged.append(_cpu_rows.rows(
+            logits.data_ptr(), dtype_code, num_rows, num_classes, logits.stride(0), logits.stride(1),
+            address(coefficients.safe), address(coefficients.kept), address(coefficients.target),
+            address(coefficients.uniform), address(coefficients.total), address(row_scale), address(w),
+            float(num_classes) if w is None else float(w.sum()), float(options.z_loss), float(options.temperature),
+            int(bool(options.label_smoothing)), address(grad_out), dtype_code,
+            0 if grad_out is None else grad_out.stride(0), 0 if grad_out is None else grad_out.stride(1),
+            losses.data_ptr(), lse.data_ptr(), special.data_ptr(), start, stop))
+
+    for_row_spans(num_rows, num_classes, work)
+    if sum(flagged):
+        rows = special.nonzero().view(-1)
+        part_grad = None if grad_out is None else torch.empty(len(rows), num_classes, dtype=logits.dtype)
+        part_scale = grad_scale
+        kernel = _Kernel(logits[rows], target.reshape(num_rows)[rows], weight, options, part_scale, part_grad)
+        kernel.run(0, len(rows))
+        part_losses, part_lse = kernel.finish(losses.new_zeros(len(rows)), lse.new_empty(len(rows)))
+        losses[rows], lse[rows] = part_losses, part_lse
+        if grad_out is not None:
+            grad_out[rows] = part_grad
+    return losses, lse
 
 
 class _Kernel:

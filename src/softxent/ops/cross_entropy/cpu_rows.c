@@ -1,0 +1,345 @@
+/* The cross-entropy row kernel of the PyTorch layer on the CPU, compiled: softxent.ops.cross_entropy._cpu_rows.
+ *
+ * `torch_cpu.cross_entropy_rows` calls it for the common problem (float32 or bfloat16 logits, class-index
+ * targets, no softcap) and keeps its torch-op path for the rest; both compute the same math, that module's
+ * docstring gives it. The spec has already resolved the problem: each row arrives with its safe label t,
+ * its coefficients a_t (target), u (uniform, times w_j) and A (their total), and its gradient factor s_r
+ * (grad_scale * kept / T). This file only computes rows.
+ *
+ * Each row is read twice and written once, with a scratch row of float64 exps that stays in the core's L2:
+ *   1. m = max_j x_j (exact), and whether the row holds a NaN;
+ *   2. d_j = (x_j - m) / T in float64 (x_j - m is exact there), e_j = exp(d_j) into the scratch row, the
+ *      sum without the target's term, rest = sum_{j != t} e_j, kept as the count of ties at the max plus
+ *      the terms below it (and sum_j w_j d_j for label smoothing);
+ *   3. the row's loss and log-sum-exp, and the gradient s_r ((A + 2 zl lse) e_j / s - a_j) written once.
+ * Rows whose max is not finite or that hold a NaN are left to the caller (a flag per row): the torch-op
+ * path gives them their limits (rules 2 and 3 of docs/semantics.md).
+ *
+ * Error bound (rule 11 of the API: 2 ulp for the loss, 4 for the gradient, of float32). `exp_nonpositive`
+ * below is within 1e-11 relative of e^d (a degree-10 Taylor polynomial on |r| <= ln(2)/2 truncates at
+ * r^11/11! = 2.2e-13, and the float64 range reduction and Horner steps add a few 1e-16); the float64 sums
+ * of at most 2^20 terms add C 2^-53 < 1.2e-10. So s, and with it L = log s (or log1p(rest) when the target
+ * holds the max: relative, however small), carry a relative error below 2e-10, i.e. 0.003 float32 ulp,
+ * and p_j = e_j / s below 4e-10. Rounded once to float32 (0.5 ulp), every loss and gradient entry is
+ * within 0.51 ulp; bfloat16 gradients are rounded to float32 first, then once to bfloat16, as the torch
+ * path's float32 work rounds them (rule 11: computed exactly in float32, then rounded once).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { F32 = 0, BF16 = 1 };
+
+/* The kernels run on every x86-64; where the machine has AVX2 or AVX-512 (x86-64-v3, v4) the loader picks that clone. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+static inline __attribute__((always_inline)) double bits_to_double(uint64_t bits) {
+    double value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+static inline __attribute__((always_inline)) uint64_t double_to_bits(double value) {
+    uint64_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    return bits;
+}
+
+/* e^d for d <= 0 (not NaN), vectorizable: e^d = 2^k e^r with k = round(d / ln 2) and |r| <= ln(2)/2.
+ * Below d = -708 (2^k would leave the normal range) the result is 0: those terms are below 1e-307 next
+ * to the row's largest, e^0 = 1, and below any float32 gradient entry's least subnormal, 1.4e-45. */
+static inline __attribute__((always_inline)) double exp_nonpositive(double d) {
+    const double shifter = 0x1.8p52;  /* adding it rounds to an integer held in the low mantissa bits */
+    const double ln2_hi = 0x1.62e42fefa3800p-1, ln2_lo = 0x1.ef35793c76730p-45;  /* Cody & Waite */
+    double clamped = d < -708.0 ? -708.0 : d;
+    double kd = clamped * 0x1.71547652b82fep0 + shifter;
+    uint64_t scale_bits = (double_to_bits(kd) << 52) + ((uint64_t)1023 << 52);  /* 2^k */
+    kd -= shifter;
+    double r = fma(-kd, ln2_lo, fma(-kd, ln2_hi, clamped));
+    double p = 1.0 / 3628800.0;
+    p = fma(p, r, 1.0 / 362880.0);
+    p = fma(p, r, 1.0 / 40320.0);
+    p = fma(p, r, 1.0 / 5040.0);
+    p = fma(p, r, 1.0 / 720.0);
+    p = fma(p, r, 1.0 / 120.0);
+    p = fma(p, r, 1.0 / 24.0);
+    p = fma(p, r, 1.0 / 6.0);
+    p = fma(p, r, 0.5);
+    p = fma(p, r, 1.0);
+    p = fma(p, r, 1.0);
+    double e = p * bits_to_double(scale_bits);
+    return d < -708.0 ? 0.0 : e;
+}
+
+static inline __attribute__((always_inline)) float load(const void *base, int dtype, int64_t index) {
+    if (dtype == F32)
+        return ((const float *)base)[index];
+    uint32_t bits = (uint32_t)((const uint16_t *)base)[index] << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+/* float32 to bfloat16, round to nearest even (NaN is not reached: NaN rows are the caller's). */
+static inline __attribute__((always_inline)) uint16_t to_bfloat16(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+static inline __attribute__((always_inline)) void store(void *base, int dtype, int64_t index, double value) {
+    float rounded = (float)value;
+    if (dtype == F32)
+        ((float *)base)[index] = rounded;
+    else
+        ((uint16_t *)base)[index] = to_bfloat16(rounded);
+}
+
+typedef struct {
+    const void *x;
+    int x_dtype;
+    int64_t num_rows, num_classes, x_row_stride, x_class_stride;
+    const int64_t *labels;     /* safe labels: in [0, C) */
+    const uint8_t *kept;       /* bool: the label is not ignore_index */
+    const double *target_coef, *uniform_coef, *total_coef, *row_scale;  /* a_t, u, A, s_r */
+    const double *weight;      /* (C,) or NULL */
+    double weight_sum, z_loss, temperature;
+    int smoothing;
+    void *grad;                /* NULL: no gradient */
+    int grad_dtype;
+    int64_t grad_row_stride, grad_class_stride;
+    float *losses, *lse;
+    uint8_t *special;          /* out: 1 where the row is the caller's (max not finite, or a NaN) */
+} Problem;
+
+/* 1. the row max, and whether the row holds a NaN (max ignores it, so it is counted apart) */
+static inline __attribute__((always_inline)) float row_max(const void *x, int dtype, int64_t n, int64_t stride,
+                                                          int *has_nan) {
+    float m = -INFINITY;
+    int nan = 0;
+    if (stride == 1) {
+        if (dtype == F32) {
+            const float *row = x;
+#pragma omp simd reduction(max : m) reduction(| : nan)
+            for (int64_t j = 0; j < n; j++) {
+                m = row[j] > m ? row[j] : m;
+                nan |= row[j] != row[j];
+            }
+        } else {
+#pragma omp simd reduction(max : m) reduction(| : nan)
+            for (int64_t j = 0; j < n; j++) {
+                float v = load(x, BF16, j);
+                m = v > m ? v : m;
+                nan |= v != v;
+            }
+        }
+    } else {
+        for (int64_t j = 0; j < n; j++) {
+            float v = load(x, dtype, j * stride);
+            m = v > m ? v : m;
+            nan |= v != v;
+        }
+    }
+    *has_nan = nan;
+    return m;
+}
+
+/* 2. e_j = exp((x_j - m) / T) for j in [lo, hi) into scratch, summed in two parts: the terms below the
+ * max (d_j < 0) and the count of ties at it (e_j = 1), so that log(sum e) = log1p(ties - 1 + below) keeps
+ * a tiny sum exact even when the max is not the target's */
+#define EXP_TERM(value)                        \
+    {                                          \
+        double d = (double)(value) - m;        \
+        if (divide)                            \
+            d /= temperature;                  \
+        double e = exp_nonpositive(d);         \
+        scratch[j] = e;                        \
+        below += d < 0.0 ? e : 0.0;            \
+        ties += d == 0.0 ? 1.0 : 0.0;          \
+    }
+
+typedef struct {
+    double below, ties;
+} Sums;
+
+static inline __attribute__((always_inline)) Sums exps(const void *x, int dtype, int64_t lo, int64_t hi, int64_t stride,
+                                                      double m, int divide, double temperature, double *scratch) {
+    double below = 0.0, ties = 0.0;
+    if (stride == 1 && dtype == F32) {
+        const float *row = x;
+#pragma omp simd reduction(+ : below, ties)
+        for (int64_t j = lo; j < hi; j++)
+            EXP_TERM(row[j])
+    } else if (stride == 1) {
+#pragma omp simd reduction(+ : below, ties)
+        for (int64_t j = lo; j < hi; j++)
+            EXP_TERM(load(x, BF16, j))
+    } else {
+        for (int64_t j = lo; j < hi; j++)
+            EXP_TERM(load(x, dtype, j * stride))
+    }
+    return (Sums){below, ties};
+}
+
+/* sum_j w_j d_j (w = 1 without class weights); a class of weight 0 adds 0 even at d_j = -inf (rule 4) */
+static double weighted_shift_sum(const void *x, int dtype, int64_t n, int64_t stride, double m, double temperature,
+                                 const double *weight) {
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; j++) {
+        double d = ((double)load(x, dtype, j * stride) - m) / temperature;
+        if (weight == NULL)
+            sum += d;
+        else if (weight[j] != 0.0)
+            sum += weight[j] * d;
+    }
+    return sum;
+}
+
+VECTOR_CLONES
+static void cross_entropy_rows(const Problem *p, int64_t start, int64_t stop, double *scratch) {
+    const int64_t n = p->num_classes, xs = p->x_class_stride;
+    const int divide = p->temperature != 1.0;
+    for (int64_t r = start; r < stop; r++) {
+        const char *x = (const char *)p->x + r * p->x_row_stride * (p->x_dtype == F32 ? 4 : 2);
+        int has_nan;
+        float m32 = row_max(x, p->x_dtype, n, xs, &has_nan);
+        if (has_nan || !isfinite(m32)) {
+            p->special[r] = 1;
+            continue;
+        }
+        p->special[r] = 0;
+        const double m = m32;
+        const int64_t t = p->labels[r];
+
+        /* 2. the exps, the target's own apart: rest = sum_{j != t} e_j never loses a tiny sum to 1 */
+        Sums left = exps(x, p->x_dtype, 0, t, xs, m, divide, p->temperature, scratch);
+        Sums right = exps(x, p->x_dtype, t + 1, n, xs, m, divide, p->temperature, scratch);
+        const double below = left.below + right.below, ties = left.ties + right.ties;
+        const double rest = ties + below;
+        double target_d = (double)load(x, p->x_dtype, t * xs) - m;
+        if (divide)
+            target_d /= p->temperature;
+        const double target_e = exp_nonpositive(target_d);
+        scratch[t] = target_e;
+
+        /* 3. the row's loss: a sum of terms >= 0 (d <= 0 <= L), nothing cancels */
+        const double log_sum = target_d == 0.0 ? log1p(rest) : log1p((ties - 1.0) + below + target_e);
+        const double shift = divide ? m / p->temperature : m;
+        const double row_lse = shift + log_sum;
+        const double a_t = p->target_coef[r], u = p->uniform_coef[r];
+        const int kept = p->kept[r];
+        double loss = a_t > 0.0 ? a_t * (log_sum - target_d) : 0.0;
+        if (p->smoothing && kept)
+            loss += u * (p->weight_sum * log_sum
+                         - weighted_shift_sum(x, p->x_dtype, n, xs, m, p->temperature, p->weight));
+        if (p->z_loss != 0.0 && kept)
+            loss += p->z_loss * row_lse * row_lse;
+        p->losses[r] = (float)loss;
+        p->lse[r] = (float)row_lse;
+        if (p->grad == NULL)
+            continue;
+
+        /* the gradient: s_r ((A + 2 zl lse) e_j / s - a_j); the target's entry as
+         * s_r ((A - a_t + 2 zl lse) e_t - a_t rest) / s, never 1 - p_t */
+        const double total_sum = rest + target_e;
+        const double q = p->row_scale[r] / total_sum;
+        double factor = p->total_coef[r];
+        if (p->z_loss != 0.0)
+            factor += 2.0 * p->z_loss * row_lse;
+        const double scale = q * factor;
+        const double smooth = p->smoothing ? q * total_sum * u : 0.0;  /* s_r u, times w_j */
+        char *g = (char *)p->grad + r * p->grad_row_stride * (p->grad_dtype == F32 ? 4 : 2);
+        const int64_t gs = p->grad_class_stride;
+        if (gs == 1 && p->grad_dtype == F32 && !p->smoothing) {
+            float *row = (float *)g;
+#pragma omp simd
+            for (int64_t j = 0; j < n; j++)
+                row[j] = (float)(scale * scratch[j]);
+        } else if (gs == 1 && p->grad_dtype == BF16 && !p->smoothing) {
+#pragma omp simd
+            for (int64_t j = 0; j < n; j++)
+                store(g, BF16, j, scale * scratch[j]);
+        } else {
+            for (int64_t j = 0; j < n; j++) {
+                double w = p->weight == NULL ? 1.0 : p->weight[j];
+                store(g, p->grad_dtype, j * gs, scale * scratch[j] - smooth * w);
+            }
+        }
+        double value = (p->z_loss != 0.0 || p->smoothing) ? (factor - a_t) * target_e - a_t * rest : -(a_t * rest);
+        value *= q;
+        if (p->smoothing)
+            value -= smooth * (p->weight == NULL ? 1.0 : p->weight[t]);
+        store(g, p->grad_dtype, t * gs, value);
+    }
+}
+
+static const char rows_doc[] =
+    "rows(x, x_dtype, num_rows, num_classes, x_row_stride, x_class_stride, labels, kept, target_coef,\n"
+    "     uniform_coef, total_coef, row_scale, weight, weight_sum, z_loss, temperature, smoothing,\n"
+    "     grad, grad_dtype, grad_row_stride, grad_class_stride, losses, lse, special, start, stop) -> int\n\n"
+    "Cross-entropy rows [start, stop) of a resolved problem; pointers are addresses (0 for none),\n"
+    "dtypes 0 = float32, 1 = bfloat16. Returns the number of rows flagged in `special`. Releases the GIL.";
+
+static PyObject *rows(PyObject *self, PyObject *args) {
+    (void)self;
+    Problem p;
+    unsigned long long x, labels, kept, target_coef, uniform_coef, total_coef, row_scale, weight, grad, losses,
+        lse, special;
+    long long start, stop;
+    if (!PyArg_ParseTuple(args, "KiLLLLKKKKKKKdddiKiLLKKKLL", &x, &p.x_dtype, &p.num_rows, &p.num_classes,
+                          &p.x_row_stride, &p.x_class_stride, &labels, &kept, &target_coef, &uniform_coef,
+                          &total_coef, &row_scale, &weight, &p.weight_sum, &p.z_loss, &p.temperature,
+                          &p.smoothing, &grad, &p.grad_dtype, &p.grad_row_stride, &p.grad_class_stride,
+                          &losses, &lse, &special, &start, &stop))
+        return NULL;
+    if (start < 0 || stop > p.num_rows || start > stop || p.num_classes <= 0
+        || (p.x_dtype != F32 && p.x_dtype != BF16) || (grad && p.grad_dtype != F32 && p.grad_dtype != BF16)) {
+        PyErr_SetString(PyExc_ValueError, "rows: a bad problem (rows, classes or dtypes out of range)");
+        return NULL;
+    }
+    p.x = (const void *)(uintptr_t)x;
+    p.labels = (const int64_t *)(uintptr_t)labels;
+    p.kept = (const uint8_t *)(uintptr_t)kept;
+    p.target_coef = (const double *)(uintptr_t)target_coef;
+    p.uniform_coef = (const double *)(uintptr_t)uniform_coef;
+    p.total_coef = (const double *)(uintptr_t)total_coef;
+    p.row_scale = (const double *)(uintptr_t)row_scale;
+    p.weight = (const double *)(uintptr_t)weight;
+    p.grad = (void *)(uintptr_t)grad;
+    p.losses = (float *)(uintptr_t)losses;
+    p.lse = (float *)(uintptr_t)lse;
+    p.special = (uint8_t *)(uintptr_t)special;
+    double *scratch = malloc((size_t)p.num_classes * sizeof(double));
+    if (scratch == NULL)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    cross_entropy_rows(&p, start, stop, scratch);
+    Py_END_ALLOW_THREADS
+    free(scratch);
+    long long flagged = 0;
+    for (long long r = start; r < stop; r++)
+        flagged += p.special[r];
+    return PyLong_FromLongLong(flagged);
+}
+
+static PyMethodDef methods[] = {
+    {"rows", rows, METH_VARARGS, rows_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_cpu_rows",
+    "The compiled CPU cross-entropy row kernel (see cpu_rows.c); softxent.ops.cross_entropy.torch_cpu calls it.",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__cpu_rows(void) { return PyModule_Create(&module); }
