@@ -6,6 +6,11 @@ gradient before returning. Peak extra memory is over the logits and targets, whi
 call, and includes the gradient: one logits-sized buffer is the least a provider can allocate
 (softxent-inplace writes it into the logits: zero; its timing includes restoring the logits).
 
+`machine-floor` is what no loss returning a new gradient can beat on this machine, measured in the same
+run: allocate a gradient-sized buffer, copy the logits into it and make one exp pass over it (its ratio
+column is floor / softxent: softxent's time over the floor is the inverse). The allocation is part of
+it: the first touch of a fresh buffer's pages costs about as much as the copy on the CPU.
+
 On the GPU the peers are torch eager, torch.compile, and Liger-Kernel when installed; bytes moved per
 call: read the logits once and write the gradient once, 2 * N * C * itemsize.
 """
@@ -77,6 +82,18 @@ def make_torch_compile(case, device):
     return _runner(compiled, case, device)
 
 
+def make_floor(case, device):
+    logits, _ = _inputs(case, device)
+    logits = logits.detach()
+
+    def run():
+        grad = torch.empty_like(logits)  # a new gradient, as autograd hands one back
+        grad.copy_(logits)  # read the logits once, write the gradient once
+        return grad.exp_()  # and one exp pass
+
+    return run
+
+
 def make_liger(case, device):
     try:
         from liger_kernel.transformers.functional import liger_cross_entropy
@@ -97,4 +114,4 @@ def describe(case, row):
 if __name__ == "__main__":
     main("torch_cross_entropy", CASES, QUICK,
          {"softxent": make_softxent, "softxent-inplace": make_softxent_inplace, "torch-eager": make_torch,
-          "torch-compile": make_torch_compile, "liger": make_liger}, describe=describe)
+          "torch-compile": make_torch_compile, "liger": make_liger, "machine-floor": make_floor}, describe=describe)
