@@ -106,15 +106,17 @@ def _triton_ready() -> str | None:
 
 @contextlib.contextmanager
 def _small_paths(on: bool):
-    """softxent.torch.cross_entropy's small-problem paths on (as shipped) or off (every call fused)."""
+    """softxent.torch.cross_entropy's small-problem paths and its compiled lean path on (as shipped) or off
+    (every call fused)."""
     import softxent.ops.cross_entropy.torch as ce
 
-    saved = ce.SMALL_MAX_ELEMENTS
-    ce.SMALL_MAX_ELEMENTS = saved if on else -1
+    saved, saved_lean = ce.SMALL_MAX_ELEMENTS, ce._compiled_lean
+    if not on:
+        ce.SMALL_MAX_ELEMENTS, ce._compiled_lean = -1, lambda *args: False
     try:
         yield
     finally:
-        ce.SMALL_MAX_ELEMENTS = saved
+        ce.SMALL_MAX_ELEMENTS, ce._compiled_lean = saved, saved_lean
 
 
 def _run_local(case, layer):

@@ -261,8 +261,9 @@ def _recording_backend(monkeypatch):
 
 
 def _fused_only(monkeypatch):
-    """Every size on the fused chunked path (the custom op), as large problems run."""
+    """Every size on the fused chunked path (the custom op), as large problems with options run."""
     monkeypatch.setattr(ce_torch, "SMALL_MAX_ELEMENTS", -1)
+    monkeypatch.setattr(ce_torch, "_compiled_lean", lambda *args: False)
 
 
 def test_no_gradient_work_without_requires_grad(monkeypatch):
@@ -312,14 +313,16 @@ def test_second_backward_recomputes():
     assert_close(g2, 3.0 * g1, dtype="float64")
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_second_backward_after_the_logits_are_dropped(monkeypatch, fused):
+@pytest.mark.parametrize("path", ["native", "compiled", "fused"])
+def test_second_backward_after_the_logits_are_dropped(monkeypatch, path):
     """The function holds the logits (as torch holds its log_softmax): a temporary's second backward
-    recomputes the gradient; on the fused path, logits modified in place since the forward raise. The
-    small lean path is torch's own float64 graph, which saved its own copy: there, as with torch, the
-    second backward is still the gradient at the forward's logits."""
-    if fused:
+    recomputes the gradient; on the fused and compiled paths, logits modified in place since the forward
+    raise. The small lean path without the compiled kernel is torch's own float64 graph, which saved its
+    own copy: there, as with torch, the second backward is still the gradient at the forward's logits."""
+    if path == "fused":
         _fused_only(monkeypatch)
+    if path == "native":
+        monkeypatch.setattr(ce_torch, "_compiled_lean", lambda *args: False)
     base = torch.randn(4, 5, requires_grad=True)
     loss = sxt.cross_entropy(base * 2.0, torch.tensor([0, 1, 2, 3]))
     loss.backward(retain_graph=True)
@@ -331,7 +334,7 @@ def test_second_backward_after_the_logits_are_dropped(monkeypatch, fused):
     loss.backward(retain_graph=True)
     with torch.no_grad():
         logits.mul_(3.0)
-    if not fused:
+    if path == "native":
         base.grad = None
         loss.backward()
         assert_close(base.grad, first, dtype="float32")

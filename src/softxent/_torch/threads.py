@@ -64,16 +64,19 @@ def _without_grad(work: Callable[[int, int], None], start: int, stop: int) -> No
 
 
 def for_row_spans(num_rows: int, num_classes: int, work: Callable[[int, int], None], *,
-                  device: torch.device | None = None, align: int = 1) -> None:
-    """Run work(start, stop) over contiguous spans covering range(num_rows), one per thread if large.
+                  device: torch.device | None = None, align: int = 1,
+                  span_elements: int = PARALLEL_MIN_ELEMENTS, torch_ops: bool = True) -> None:
+    """Run work(start, stop) over contiguous spans covering range(num_rows), one per thread if large
+    (a span of at least `span_elements` logits each: a compiled kernel, faster than torch ops, pays
+    sooner). Work that runs no torch ops (`torch_ops=False`) runs inline when it is one span.
 
     Each span writes only its own rows, so the result does not depend on the number of threads. Off the
     CPU (the generic path on another device) the spans would only queue kernels: one span, one thread.
     """
     elements = num_rows * num_classes
-    threads = min(num_threads(), num_rows, max(1, elements // PARALLEL_MIN_ELEMENTS))
+    threads = min(num_threads(), num_rows, max(1, elements // span_elements))
     on_cpu = device is None or device.type == "cpu"
-    if not on_cpu or elements <= INLINE_MAX_ELEMENTS:
+    if not on_cpu or elements <= INLINE_MAX_ELEMENTS or (threads == 1 and not torch_ops):
         work(0, num_rows)
         return
     # even one span runs on a worker: its ops are then single-threaded, with no OpenMP barrier to stall

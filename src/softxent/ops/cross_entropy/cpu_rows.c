@@ -16,8 +16,8 @@
  * path gives them their limits (rules 2 and 3 of docs/semantics.md).
  *
  * Error bound (rule 11 of the API: 2 ulp for the loss, 4 for the gradient, of float32). `exp_nonpositive`
- * below is within 1e-11 relative of e^d (a degree-10 Taylor polynomial on |r| <= ln(2)/2 truncates at
- * r^11/11! = 2.2e-13, and the float64 range reduction and Horner steps add a few 1e-16); the float64 sums
+ * below is within 1e-11 relative of e^d (a degree-9 Taylor polynomial on |r| <= ln(2)/2 truncates at
+ * r^10/10! = 7e-12, and the float64 range reduction and the polynomial's steps add a few 1e-16); the float64 sums
  * of at most 2^20 terms add C 2^-53 < 1.2e-10. So s, and with it L = log s (or log1p(rest) when the target
  * holds the max: relative, however small), carry a relative error below 2e-10, i.e. 0.003 float32 ulp,
  * and p_j = e_j / s below 4e-10. Rounded once to float32 (0.5 ulp), every loss and gradient entry is
@@ -64,17 +64,13 @@ static inline __attribute__((always_inline)) double exp_nonpositive(double d) {
     uint64_t scale_bits = (double_to_bits(kd) << 52) + ((uint64_t)1023 << 52);  /* 2^k */
     kd -= shifter;
     double r = fma(-kd, ln2_lo, fma(-kd, ln2_hi, clamped));
-    double p = 1.0 / 3628800.0;
-    p = fma(p, r, 1.0 / 362880.0);
-    p = fma(p, r, 1.0 / 40320.0);
-    p = fma(p, r, 1.0 / 5040.0);
-    p = fma(p, r, 1.0 / 720.0);
-    p = fma(p, r, 1.0 / 120.0);
-    p = fma(p, r, 1.0 / 24.0);
-    p = fma(p, r, 1.0 / 6.0);
-    p = fma(p, r, 0.5);
-    p = fma(p, r, 1.0);
-    p = fma(p, r, 1.0);
+    /* e^r by its degree-9 Taylor polynomial in Estrin's form: a dependency chain of 5 multiply-adds
+     * instead of Horner's 9, so that the loop is bound by throughput, not by the FMA latency */
+    double r2 = r * r, r4 = r2 * r2;
+    double a0 = r + 1.0, a1 = fma(r, 1.0 / 6.0, 0.5), a2 = fma(r, 1.0 / 120.0, 1.0 / 24.0);
+    double a3 = fma(r, 1.0 / 5040.0, 1.0 / 720.0), a4 = fma(r, 1.0 / 362880.0, 1.0 / 40320.0);
+    double p = fma(fma(a3, r2, a2), r4, fma(a1, r2, a0));
+    p = fma(a4, r4 * r4, p);
     double e = p * bits_to_double(scale_bits);
     return d < -708.0 ? 0.0 : e;
 }
@@ -111,6 +107,7 @@ typedef struct {
     const int64_t *labels;     /* safe labels: in [0, C) */
     const uint8_t *kept;       /* bool: the label is not ignore_index */
     const double *target_coef, *uniform_coef, *total_coef, *row_scale;  /* a_t, u, A, s_r */
+    int64_t coef_stride;       /* of kept, a_t, u, A and s_r: 1 (a value per row) or 0 (one for all rows) */
     const double *weight;      /* (C,) or NULL */
     double weight_sum, z_loss, temperature;
     int smoothing;
@@ -159,8 +156,8 @@ static inline __attribute__((always_inline)) float row_max(const void *x, int dt
 #define EXP_TERM(value)                        \
     {                                          \
         double d = (double)(value) - m;        \
-        if (divide)                            \
-            d /= temperature;                  \
+        if (scaled)                            \
+            d *= inverse_temperature;          \
         double e = exp_nonpositive(d);         \
         scratch[j] = e;                        \
         below += d < 0.0 ? e : 0.0;            \
@@ -171,8 +168,11 @@ typedef struct {
     double below, ties;
 } Sums;
 
+/* `scaled` is a constant at each call (the function is inlined), so that the loop without a temperature
+ * has no multiply and no blend; with one, d (x - m) / T is d times 1/T, a float64 rounding (1e-16) apart */
 static inline __attribute__((always_inline)) Sums exps(const void *x, int dtype, int64_t lo, int64_t hi, int64_t stride,
-                                                      double m, int divide, double temperature, double *scratch) {
+                                                      double m, const int scaled, double inverse_temperature,
+                                                      double *scratch) {
     double below = 0.0, ties = 0.0;
     if (stride == 1 && dtype == F32) {
         const float *row = x;
@@ -221,8 +221,14 @@ static void cross_entropy_rows(const Problem *p, int64_t start, int64_t stop, do
         const int64_t t = p->labels[r];
 
         /* 2. the exps, the target's own apart: rest = sum_{j != t} e_j never loses a tiny sum to 1 */
-        Sums left = exps(x, p->x_dtype, 0, t, xs, m, divide, p->temperature, scratch);
-        Sums right = exps(x, p->x_dtype, t + 1, n, xs, m, divide, p->temperature, scratch);
+        Sums left, right;
+        if (divide) {
+            left = exps(x, p->x_dtype, 0, t, xs, m, 1, 1.0 / p->temperature, scratch);
+            right = exps(x, p->x_dtype, t + 1, n, xs, m, 1, 1.0 / p->temperature, scratch);
+        } else {
+            left = exps(x, p->x_dtype, 0, t, xs, m, 0, 1.0, scratch);
+            right = exps(x, p->x_dtype, t + 1, n, xs, m, 0, 1.0, scratch);
+        }
         const double below = left.below + right.below, ties = left.ties + right.ties;
         const double rest = ties + below;
         double target_d = (double)load(x, p->x_dtype, t * xs) - m;
@@ -235,8 +241,9 @@ static void cross_entropy_rows(const Problem *p, int64_t start, int64_t stop, do
         const double log_sum = target_d == 0.0 ? log1p(rest) : log1p((ties - 1.0) + below + target_e);
         const double shift = divide ? m / p->temperature : m;
         const double row_lse = shift + log_sum;
-        const double a_t = p->target_coef[r], u = p->uniform_coef[r];
-        const int kept = p->kept[r];
+        const int64_t c = r * p->coef_stride;
+        const double a_t = p->target_coef[c], u = p->uniform_coef[c];
+        const int kept = p->kept[c];
         double loss = a_t > 0.0 ? a_t * (log_sum - target_d) : 0.0;
         if (p->smoothing && kept)
             loss += u * (p->weight_sum * log_sum
@@ -251,8 +258,8 @@ static void cross_entropy_rows(const Problem *p, int64_t start, int64_t stop, do
         /* the gradient: s_r ((A + 2 zl lse) e_j / s - a_j); the target's entry as
          * s_r ((A - a_t + 2 zl lse) e_t - a_t rest) / s, never 1 - p_t */
         const double total_sum = rest + target_e;
-        const double q = p->row_scale[r] / total_sum;
-        double factor = p->total_coef[r];
+        const double q = p->row_scale[c] / total_sum;
+        double factor = p->total_coef[c];
         if (p->z_loss != 0.0)
             factor += 2.0 * p->z_loss * row_lse;
         const double scale = q * factor;
@@ -284,7 +291,7 @@ static void cross_entropy_rows(const Problem *p, int64_t start, int64_t stop, do
 
 static const char rows_doc[] =
     "rows(x, x_dtype, num_rows, num_classes, x_row_stride, x_class_stride, labels, kept, target_coef,\n"
-    "     uniform_coef, total_coef, row_scale, weight, weight_sum, z_loss, temperature, smoothing,\n"
+    "     uniform_coef, total_coef, row_scale, coef_stride, weight, weight_sum, z_loss, temperature, smoothing,\n"
     "     grad, grad_dtype, grad_row_stride, grad_class_stride, losses, lse, special, start, stop) -> int\n\n"
     "Cross-entropy rows [start, stop) of a resolved problem; pointers are addresses (0 for none),\n"
     "dtypes 0 = float32, 1 = bfloat16. Returns the number of rows flagged in `special`. Releases the GIL.";
@@ -295,13 +302,13 @@ static PyObject *rows(PyObject *self, PyObject *args) {
     unsigned long long x, labels, kept, target_coef, uniform_coef, total_coef, row_scale, weight, grad, losses,
         lse, special;
     long long start, stop;
-    if (!PyArg_ParseTuple(args, "KiLLLLKKKKKKKdddiKiLLKKKLL", &x, &p.x_dtype, &p.num_rows, &p.num_classes,
+    if (!PyArg_ParseTuple(args, "KiLLLLKKKKKKLKdddiKiLLKKKLL", &x, &p.x_dtype, &p.num_rows, &p.num_classes,
                           &p.x_row_stride, &p.x_class_stride, &labels, &kept, &target_coef, &uniform_coef,
-                          &total_coef, &row_scale, &weight, &p.weight_sum, &p.z_loss, &p.temperature,
+                          &total_coef, &row_scale, &p.coef_stride, &weight, &p.weight_sum, &p.z_loss, &p.temperature,
                           &p.smoothing, &grad, &p.grad_dtype, &p.grad_row_stride, &p.grad_class_stride,
                           &losses, &lse, &special, &start, &stop))
         return NULL;
-    if (start < 0 || stop > p.num_rows || start > stop || p.num_classes <= 0
+    if (start < 0 || stop > p.num_rows || start > stop || p.num_classes <= 0 || (p.coef_stride != 0 && p.coef_stride != 1)
         || (p.x_dtype != F32 && p.x_dtype != BF16) || (grad && p.grad_dtype != F32 && p.grad_dtype != BF16)) {
         PyErr_SetString(PyExc_ValueError, "rows: a bad problem (rows, classes or dtypes out of range)");
         return NULL;

@@ -31,6 +31,7 @@ from softxent.ops.cross_entropy import spec
 from softxent._torch import backend as _backend
 from softxent._torch import checks as _checks
 from softxent._torch import memory as _memory
+from softxent.ops.cross_entropy import torch_cpu
 from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype
 from softxent.ops.softmax.torch import FLOAT64_LOG_SOFTMAX_MARGIN
 
@@ -132,7 +133,9 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     if robust:
         want_grad = True  # torch.func.grad's inputs need not say requires_grad
     check = bool(check_labels)
-    if path == COMPOSITE and not robust and _is_lean(input, target, options, num_items, check):
+    compiled = not robust and not inplace and not torch.compiler.is_compiling() and _compiled_lean(input, options)
+    if (path == COMPOSITE or compiled) and not robust and _is_lean(input, target, options, num_items, check,
+                                                                   compiled):
         path = LEAN
     elif path == COMPOSITE and not robust and input.numel() > COMPOSITE_MAX_ELEMENTS:
         path = FUSED
@@ -140,7 +143,7 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
         _backend.check_values(_plain(target), _plain(options.weight), input.shape[_class_dim(input)],
                               options.ignore_index, input)
     lean_alone = path == LEAN and (options.weight is None or not options.weight.requires_grad)
-    if lean_alone and input.dtype != torch.float64 and not return_lse:
+    if lean_alone and input.dtype != torch.float64 and not return_lse and not compiled:
         loss = _small(_lean_native, input, target, options)
         if loss is not None:
             return loss
@@ -337,6 +340,12 @@ def cross_entropy_forward(input: torch.Tensor, target: torch.Tensor, options: Lo
 
     The gradient is that of the returned loss, already divided by the "mean" denominator.
     """
+    if call.path == LEAN and not call.robust and _compiled_lean(input, options):
+        result = _lean_compiled(input, target, options, call)
+        if result is not None:
+            return result
+        # a fully masked, +inf or NaN row: the general path decides
+        call = replace(call, path=COMPOSITE if input.numel() <= SMALL_MAX_ELEMENTS else FUSED)
     if call.path in (LEAN, COMPOSITE) and not call.robust:
         return _small(_small_forward, input, target, options, call)
     return _forward(input, target, options, call)
@@ -516,12 +525,15 @@ def _recompute_grad(ctx, input, target) -> torch.Tensor:
 # --- the lean path: the commonest small call in about twenty aten calls -----------------------------------
 
 
-def _is_lean(input, target, options: LossOptions, num_items, check: bool) -> bool:
+def _is_lean(input, target, options: LossOptions, num_items, check: bool, compiled: bool = False) -> bool:
     """Class indices all in [0, C) and none equal to ignore_index (so the value check passes: one min/max
     read does both), at most class weights, "mean" over the rows or their weights: the spec's coefficients
-    are then a_t = w_t (1 without weights), A = a_t, and "mean" divides by sum_t w_t (N without weights)."""
-    if (target.dtype.is_floating_point or target.numel() == 0 or num_items is not None or options.label_smoothing
-            or options.z_loss or options.transforms_logits):
+    are then a_t = w_t (1 without weights), A = a_t, and "mean" divides by sum_t w_t (N without weights).
+    The compiled kernel (`compiled`) also takes label smoothing, z_loss and temperature: every row's
+    coefficients are then still the same, and "mean" still divides by N."""
+    if target.dtype.is_floating_point or target.numel() == 0 or num_items is not None:
+        return False
+    if not compiled and (options.label_smoothing or options.z_loss or options.transforms_logits):
         return False
     if options.weight is not None and check:
         spec.check_weight(xp, options.weight, input.shape[_class_dim(input)])
@@ -568,6 +580,34 @@ def _lean(input, target, options: LossOptions, call: _Call):
     q = (scale if w_t is None else w_t * scale) / total
     e.scatter_(1, labels, rest.neg())  # the target's entry -R, never e_t - s (p_t - 1 by cancellation)
     grad = torch.mul(e, q, out=x.new_empty(e.shape))  # rounded once, to the input's dtype
+    return loss, lse, grad.squeeze(0) if unbatched else grad
+
+
+def _compiled_lean(input: torch.Tensor, options: LossOptions) -> bool:
+    """Whether a lean call runs in the compiled CPU kernel (`_lean_compiled`): (C,) or (N, C) float32 or
+    bfloat16 logits on the CPU, no class weights, no softcap."""
+    return (input.dim() <= 2 and options.weight is None and torch_cpu.compiled_kernel_takes(input, options)
+            and not _backend.uses_triton(input))
+
+
+def _lean_compiled(input, target, options: LossOptions, call: _Call):
+    """(loss, lse, grad) of a lean call as `_lean`, in one sweep of the compiled kernel (`torch_cpu.lean_rows`),
+    any size (one span of rows per core when large); None when a row is fully masked, +inf or NaN."""
+    unbatched = input.dim() == 1
+    x = input.unsqueeze(0) if unbatched else input
+    labels = target.unsqueeze(0) if unbatched else target
+    if labels.dtype != torch.int64:
+        labels = labels.long()
+    scale = 1.0 / x.shape[0] if options.reduction == "mean" else 1.0  # the "mean" over N rows, all kept
+    result = torch_cpu.lean_rows(x, labels.contiguous(), options, scale, call.want_grad)
+    if result is None:
+        return None
+    losses, lse, grad = result
+    loss, _ = _lean_reduce(losses, None, options.reduction, target.shape)
+    loss = loss.to(input.dtype)
+    lse = lse.view(target.shape).to(input.dtype) if call.return_lse else loss.new_empty(0)
+    if grad is None:
+        return loss, lse, input.new_empty(0)
     return loss, lse, grad.squeeze(0) if unbatched else grad
 
 

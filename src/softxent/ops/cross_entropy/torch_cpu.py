@@ -130,33 +130,79 @@ def _compiled_rows(logits, target, weight, options: LossOptions, grad_scale, gra
     row_scale = None
     if grad_out is not None:
         row_scale = (grad_scale * coefficients.kept.to(torch.float64) / options.temperature).contiguous()
-    special = torch.empty(num_rows, dtype=torch.uint8)
-    dtype_code = _COMPILED_DTYPES[logits.dtype]
-    address = lambda tensor: 0 if tensor is None else tensor.data_ptr()  # noqa: E731
-    flagged = []
-
-    def work(start: int, stop: int) -> None:
-        flagged.append(_cpu_rows.rows(
-            logits.data_ptr(), dtype_code, num_rows, num_classes, logits.stride(0), logits.stride(1),
-            address(coefficients.safe), address(coefficients.kept), address(coefficients.target),
-            address(coefficients.uniform), address(coefficients.total), address(row_scale), address(w),
-            float(num_classes) if w is None else float(w.sum()), float(options.z_loss), float(options.temperature),
-            int(bool(options.label_smoothing)), address(grad_out), dtype_code,
-            0 if grad_out is None else grad_out.stride(0), 0 if grad_out is None else grad_out.stride(1),
-            losses.data_ptr(), lse.data_ptr(), special.data_ptr(), start, stop))
-
-    for_row_spans(num_rows, num_classes, work)
-    if sum(flagged):
+    special = _run_compiled(logits, coefficients, row_scale, 1, w, options, grad_out, losses, lse)
+    if special is not None:
         rows = special.nonzero().view(-1)
         part_grad = None if grad_out is None else torch.empty(len(rows), num_classes, dtype=logits.dtype)
-        part_scale = grad_scale
-        kernel = _Kernel(logits[rows], target.reshape(num_rows)[rows], weight, options, part_scale, part_grad)
+        kernel = _Kernel(logits[rows], target.reshape(num_rows)[rows], weight, options, grad_scale, part_grad)
         kernel.run(0, len(rows))
         part_losses, part_lse = kernel.finish(losses.new_zeros(len(rows)), lse.new_empty(len(rows)))
         losses[rows], lse[rows] = part_losses, part_lse
         if grad_out is not None:
             grad_out[rows] = part_grad
     return losses, lse
+
+
+def compiled_kernel_takes(logits: torch.Tensor, options: LossOptions) -> bool:
+    """Whether `lean_rows` can run these logits (class-index targets assumed)."""
+    return (_cpu_rows is not None and logits.device.type == "cpu" and logits.dtype in _COMPILED_DTYPES
+            and options.softcap is None)
+
+
+_SHARED_COEFFICIENTS: dict = {}  # (options, C) -> the spec's coefficients of a kept row without class weights
+
+
+def lean_rows(logits, labels, options: LossOptions, grad_scale: float, want_grad: bool):
+    """(losses, lse, grad or None) of (N, C) logits whose labels are all in [0, C) and none ignored, with
+    no class weights (the lean path's problem): every row then has the same coefficients, which the
+    spec gives once (cached) and the kernel reads with stride 0. None if a row is special (a max that
+    is not finite, a NaN): the caller's general path decides those."""
+    num_rows, num_classes = logits.shape
+    key = (options, num_classes)
+    coefficients = _SHARED_COEFFICIENTS.get(key)
+    if coefficients is None:
+        coefficients = spec.index_coefficients(xp, labels[:1], None, options, num_classes, torch.float64)
+        if len(_SHARED_COEFFICIENTS) < 64:
+            _SHARED_COEFFICIENTS[key] = coefficients
+    losses = torch.empty(num_rows, dtype=torch.float32)
+    lse = torch.empty(num_rows, dtype=torch.float32)
+    grad = torch.empty(logits.shape, dtype=logits.dtype) if want_grad else None
+    row_scale = torch.full((1,), grad_scale / options.temperature, dtype=torch.float64) if want_grad else None
+    # the labels themselves are safe (all in [0, C)): the kernel reads them, the coefficients' row is one
+    coefficients = spec.IndexCoefficients(coefficients.kept, labels, coefficients.target, coefficients.uniform,
+                                          coefficients.total)
+    if _run_compiled(logits, coefficients, row_scale, 0, None, options, grad, losses, lse) is not None:
+        return None
+    return losses, lse, grad
+
+
+# Below this many logits a span of rows is not worth a worker thread of its own: the kernel takes about a
+# nanosecond per logit, the hand-off tens of microseconds.
+COMPILED_SPAN_ELEMENTS = 1 << 17
+
+
+def _run_compiled(logits, coefficients, row_scale, coef_stride: int, w, options: LossOptions, grad_out, losses, lse):
+    """cpu_rows.c over all rows, one span per core when large; the special rows' flags, or None if none."""
+    num_rows, num_classes = logits.shape
+    special = torch.empty(num_rows, dtype=torch.uint8)
+    dtype_code = _COMPILED_DTYPES[logits.dtype]
+    labels = coefficients.safe.contiguous()
+    address = lambda tensor: 0 if tensor is None else tensor.data_ptr()  # noqa: E731
+    arguments = (
+        logits.data_ptr(), dtype_code, num_rows, num_classes, logits.stride(0), logits.stride(1),
+        labels.data_ptr(), address(coefficients.kept), address(coefficients.target),
+        address(coefficients.uniform), address(coefficients.total), address(row_scale), coef_stride, address(w),
+        float(num_classes) if w is None else float(w.sum()), float(options.z_loss), float(options.temperature),
+        int(bool(options.label_smoothing)), address(grad_out), dtype_code,
+        0 if grad_out is None else grad_out.stride(0), 0 if grad_out is None else grad_out.stride(1),
+        losses.data_ptr(), lse.data_ptr(), special.data_ptr())
+    flagged = []
+
+    def work(start: int, stop: int) -> None:
+        flagged.append(_cpu_rows.rows(*arguments, start, stop))
+
+    for_row_spans(num_rows, num_classes, work, span_elements=COMPILED_SPAN_ELEMENTS, torch_ops=False)
+    return special if sum(flagged) else None
 
 
 class _Kernel:
