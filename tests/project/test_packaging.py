@@ -41,12 +41,13 @@ def test_readme_says_how_to_add_the_torch_backend_after_make_demo():
     assert ".venv/bin/pip install -c requirements/constraints.txt -e '.[torch]'" in readme
 
 
-def test_wheel_ships_py_typed(tmp_path):
+def test_wheel_ships_py_typed_and_the_compiled_kernel(tmp_path):
     pytest.importorskip("setuptools")
     assert (ROOT / "src" / "softxent" / "py.typed").is_file()
     source = tmp_path / "source"
-    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    shutil.copytree(ROOT / "src", source / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so"))  # built afresh below
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     done = subprocess.run([sys.executable, "-c", "from setuptools import build_meta; "
                            f"print(build_meta.build_wheel({str(tmp_path / 'dist')!r}))"],
@@ -55,5 +56,7 @@ def test_wheel_ships_py_typed(tmp_path):
     wheel = tmp_path / "dist" / done.stdout.strip().splitlines()[-1]
     names = zipfile.ZipFile(wheel).namelist()
     assert "softxent/py.typed" in names
+    # setup.py's optional extension, built here where a C compiler is at hand
+    assert any(name.startswith("softxent/ops/cross_entropy/_cpu_rows") and name.endswith(".so") for name in names)
     assert any(name.endswith(".dist-info/licenses/LICENSE") or name.endswith(".dist-info/LICENSE")
                for name in names), [n for n in names if "dist-info" in n]
