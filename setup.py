@@ -11,6 +11,7 @@ setup(
         Extension(
             "softxent.ops.cross_entropy._cpu_rows",
             sources=["src/softxent/ops/cross_entropy/cpu_rows.c"],
+            depends=["src/softxent/ops/cpu_rowmath.h"],
             # -fno-math-errno: fma and the compares vectorize; -fopenmp-simd: the `omp simd` reductions
             # only (no OpenMP runtime); IEEE semantics otherwise (no -ffast-math: inf and NaN must hold)
             extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"],
