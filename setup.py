@@ -1,21 +1,22 @@
-"""The one compiled part of softxent: the CPU cross-entropy row kernel (src/softxent/ops/cross_entropy/cpu_rows.c).
+"""The compiled parts of softxent: the CPU row kernels, src/softxent/ops/<op>/cpu_rows.c -> softxent.ops.<op>._cpu_rows.
 
-Everything else is in pyproject.toml. The extension is optional: where no C compiler is at hand the
-build goes on without it and softxent.torch computes the same rows with torch ops (slower).
+Everything else is in pyproject.toml. The extensions are optional: where no C compiler is at hand the
+build goes on without them and softxent.torch computes the same rows with torch ops (slower).
 """
 
 from setuptools import Extension, setup
 
-setup(
-    ext_modules=[
-        Extension(
-            "softxent.ops.cross_entropy._cpu_rows",
-            sources=["src/softxent/ops/cross_entropy/cpu_rows.c"],
-            depends=["src/softxent/ops/cpu_rowmath.h"],
-            # -fno-math-errno: fma and the compares vectorize; -fopenmp-simd: the `omp simd` reductions
-            # only (no OpenMP runtime); IEEE semantics otherwise (no -ffast-math: inf and NaN must hold)
-            extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"],
-            optional=True,
-        )
-    ]
-)
+
+def _row_kernel(op: str) -> Extension:
+    return Extension(
+        f"softxent.ops.{op}._cpu_rows",
+        sources=[f"src/softxent/ops/{op}/cpu_rows.c"],
+        depends=["src/softxent/ops/cpu_rowmath.h"],
+        # -fno-math-errno: fma and the compares vectorize; -fopenmp-simd: the `omp simd` reductions
+        # only (no OpenMP runtime); IEEE semantics otherwise (no -ffast-math: inf and NaN must hold)
+        extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"],
+        optional=True,
+    )
+
+
+setup(ext_modules=[_row_kernel(op) for op in ("cross_entropy", "token_log_probs")])

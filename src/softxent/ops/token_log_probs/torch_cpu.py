@@ -24,7 +24,12 @@ import torch
 
 from softxent._options import LossOptions
 from softxent._torch.threads import for_row_spans
-from softxent.ops.cross_entropy.torch_cpu import chunk_rows, work_dtype
+from softxent.ops.cross_entropy.torch_cpu import COMPILED_SPAN_ELEMENTS, chunk_rows, work_dtype
+
+try:
+    from softxent.ops.token_log_probs import _cpu_rows
+except ImportError:  # built without a C compiler (setup.py makes the extension optional): torch ops only
+    _cpu_rows = None
 
 _INF = float("inf")
 
@@ -79,6 +84,21 @@ def token_forward_rows(logits: torch.Tensor, labels: torch.Tensor, options: Loss
     stats = torch.zeros(num_rows, 3, dtype=acc, device=device)
     if num_rows == 0 or num_classes == 0:
         return lp, h, stats
+    if _compiled_kernel_takes(logits, labels, options):
+        special = _run_compiled("forward", logits, labels, options, int(bool(entropy)), lp, h, stats)
+        if special is not None:  # the rows the kernel left: their limits from the torch-op path
+            rows = special.nonzero().view(-1)
+            lp[rows], h[rows], stats[rows] = _torch_forward_rows(logits[rows], labels[rows], options, entropy, acc)
+        return lp, h, stats
+    return _torch_forward_rows(logits, labels, options, entropy, acc, (lp, h, stats))
+
+
+def _torch_forward_rows(logits, labels, options: LossOptions, entropy: bool, acc, out=None):
+    num_rows, num_classes = logits.shape
+    device = logits.device
+    if out is None:
+        out = tuple(torch.zeros(shape, dtype=acc, device=device) for shape in (num_rows, num_rows, (num_rows, 3)))
+    lp, h, stats = out
     kept = (labels != options.ignore_index).view(-1, 1)
     safe = torch.where(kept.view(-1), labels, 0).view(-1, 1)
     step = max(1, chunk_rows(num_classes, acc) // 2)  # two or three such buffers per thread: half a chunk
@@ -138,6 +158,25 @@ def token_backward_rows(logits: torch.Tensor, labels: torch.Tensor, options: Los
     if num_rows == 0 or num_classes == 0:
         out.zero_()
         return
+    if _compiled_kernel_takes(logits, labels, options) and out.dtype == logits.dtype:
+        g = g.to(acc).contiguous()
+        hg = None if h_grad is None else h_grad.to(acc).contiguous()
+        special = _run_compiled("backward", logits, labels, options, lp.to(acc).contiguous(),
+                                stats.to(acc).contiguous(), g, hg, out)
+        if special is not None:  # the rows the kernel left (before writing them: out may be the logits)
+            rows = special.nonzero().view(-1)
+            part = torch.empty(len(rows), num_classes, dtype=out.dtype)
+            _torch_backward_rows(logits[rows], labels[rows], options, lp[rows], stats[rows], g[rows],
+                                 None if hg is None else hg[rows], part)
+            out[rows] = part
+        return
+    _torch_backward_rows(logits, labels, options, lp, stats, g, h_grad, out)
+
+
+def _torch_backward_rows(logits, labels, options: LossOptions, lp, stats, g, h_grad, out) -> None:
+    num_rows, num_classes = logits.shape
+    acc = work_dtype(logits.dtype)
+    device = logits.device
     kept = labels != options.ignore_index
     live = kept & (stats[:, 1] != -_INF)
     g = torch.where(live, g, 0.0).view(-1, 1)
@@ -181,6 +220,42 @@ def token_backward_rows(logits: torch.Tensor, labels: torch.Tensor, options: Los
             out[rows].copy_(grad)
 
     for_row_spans(num_rows, num_classes, work, device=device, align=step)
+
+
+_COMPILED_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # cpu_rows.c's dtype codes
+
+
+def _compiled_kernel_takes(logits: torch.Tensor, labels: torch.Tensor, options: LossOptions) -> bool:
+    return (_cpu_rows is not None and logits.device.type == "cpu" and logits.dtype in _COMPILED_DTYPES
+            and labels.dtype == torch.int64 and labels.device.type == "cpu" and options.softcap is None)
+
+
+def _run_compiled(which: str, logits, labels, options: LossOptions, *arrays):
+    """cpu_rows.c's `forward` (arrays: entropy, lp, h, stats) or `backward` (lp, stats, g, hg, out) over
+    all rows, one span per core when large; the special rows' flags, or None if none."""
+    num_rows, num_classes = logits.shape
+    special = torch.empty(num_rows, dtype=torch.uint8)
+    labels = labels.contiguous()
+    wide = int(work_dtype(logits.dtype) == torch.float64)  # lp, h, stats, g, hg: float64, else float32
+    head = (logits.data_ptr(), _COMPILED_DTYPES[logits.dtype], num_rows, num_classes, logits.stride(0),
+            logits.stride(1), labels.data_ptr(), int(options.ignore_index), float(options.temperature), wide)
+    if which == "forward":
+        entropy, lp, h, stats = arrays
+        tail = (entropy, lp.data_ptr(), h.data_ptr(), stats.data_ptr())
+        kernel = _cpu_rows.forward
+    else:
+        lp, stats, g, hg, out = arrays
+        tail = (lp.data_ptr(), stats.data_ptr(), g.data_ptr(), 0 if hg is None else hg.data_ptr(), out.data_ptr(),
+                _COMPILED_DTYPES[out.dtype], out.stride(0), out.stride(1))
+        kernel = _cpu_rows.backward
+    arguments = head + tail + (special.data_ptr(),)
+    flagged = []
+
+    def work(start: int, stop: int) -> None:
+        flagged.append(kernel(*arguments, start, stop))
+
+    for_row_spans(num_rows, num_classes, work, span_elements=COMPILED_SPAN_ELEMENTS, torch_ops=False)
+    return special if sum(flagged) else None
 
 
 def _chunks(start: int, stop: int, step: int):
