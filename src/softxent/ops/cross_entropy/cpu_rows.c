@@ -15,6 +15,10 @@
  * Rows whose max is not finite or that hold a NaN are left to the caller (a flag per row): the torch-op
  * path gives them their limits (rules 2 and 3 of docs/semantics.md).
  *
+ * A K-dimensional input (N, C, d...) comes whole, as N samples of d... rows whose classes are strided and
+ * whose rows lie next to each other: those go TILE rows at a time, the same steps vectorized across the
+ * rows (`rows_across`; 21 classes along a row would leave the vector units idle).
+ *
  * Error bound (rule 11 of the API: 2 ulp for the loss, 4 for the gradient, of float32). `exp_nonpositive`
  * (../cpu_rowmath.h) is within 1e-11 relative of e^d; the float64 sums of C terms add C 2^-53 (below
  * 1.2e-10 up to 2^20 classes). So s, and with it L = log s (or log1p(rest) when the target
@@ -34,6 +38,9 @@ typedef struct {
     const void *x;
     int x_dtype;
     int64_t num_rows, num_classes, x_row_stride, x_class_stride;
+    /* rows come in samples of rows_per_sample (a K-dimensional input's (N, C, d...) is N samples of
+     * d... rows); row r is sample r / rows_per_sample, row r % rows_per_sample within it */
+    int64_t rows_per_sample, x_sample_stride, grad_sample_stride;
     const int64_t *labels;     /* safe labels: in [0, C) */
     const uint8_t *kept;       /* bool: the label is not ignore_index */
     const double *target_coef, *uniform_coef, *total_coef, *row_scale;  /* a_t, u, A, s_r */
@@ -47,6 +54,18 @@ typedef struct {
     float *losses, *lse;
     uint8_t *special;          /* out: 1 where the row is the caller's (max not finite, or a NaN) */
 } Problem;
+
+static inline int64_t row_offset(const Problem *p, int64_t r, int64_t sample_stride, int64_t row_stride) {
+    return (r / p->rows_per_sample) * sample_stride + (r % p->rows_per_sample) * row_stride;
+}
+
+static inline const char *x_row(const Problem *p, int64_t r) {
+    return (const char *)p->x + row_offset(p, r, p->x_sample_stride, p->x_row_stride) * (p->x_dtype == F32 ? 4 : 2);
+}
+
+static inline char *grad_row(const Problem *p, int64_t r) {
+    return (char *)p->grad + row_offset(p, r, p->grad_sample_stride, p->grad_row_stride) * (p->grad_dtype == F32 ? 4 : 2);
+}
 
 /* 1. the row max, and whether the row holds a NaN (max ignores it, so it is counted apart) */
 static inline __attribute__((always_inline)) float row_max(const void *x, int dtype, int64_t n, int64_t stride,
@@ -134,12 +153,65 @@ static double weighted_shift_sum(const void *x, int dtype, int64_t n, int64_t st
     return sum;
 }
 
-VECTOR_CLONES
-static void cross_entropy_rows(const Problem *p, int64_t start, int64_t stop, double *scratch) {
+/* What one row's gradient needs once its sums are known: s_r ((A + 2 zl lse) e_j / s - a_j) is
+ * scale e_j - smooth w_j off the target, and `value` on it. */
+typedef struct {
+    double scale, smooth, value;
+} RowGradient;
+
+/* L = log sum_j e_j from the sums below the max and the ties at it (the target's own term left out):
+ * log1p keeps a tiny sum exact */
+static inline __attribute__((always_inline)) double log_sum_of(double below, double ties, double target_d,
+                                                              double target_e) {
+    return log1p_nonnegative(target_d == 0.0 ? ties + below : (ties - 1.0) + below + target_e);
+}
+
+/* 3. the row's loss and log-sum-exp (into losses and lse) from m, its sums below the max and ties at it
+ * (the target's own term left out), d_t and e_t, L, and sum_j w_j d_j (label smoothing only) */
+static inline __attribute__((always_inline)) RowGradient finish_row(const Problem *p, int64_t r, double m,
+                                                                   double below, double ties, double target_d,
+                                                                   double target_e, double log_sum,
+                                                                   double shift_sum) {
+    const double rest = ties + below;  /* sum_{j != t} e_j */
+    /* a sum of terms >= 0 (d <= 0 <= L): nothing cancels */
+    const double shift = p->temperature != 1.0 ? m / p->temperature : m;
+    const double row_lse = shift + log_sum;
+    const int64_t c = r * p->coef_stride;
+    const double a_t = p->target_coef[c], u = p->uniform_coef[c];
+    const int kept = p->kept[c];
+    double loss = a_t > 0.0 ? a_t * (log_sum - target_d) : 0.0;
+    if (p->smoothing && kept)
+        loss += u * (p->weight_sum * log_sum - shift_sum);
+    if (p->z_loss != 0.0 && kept)
+        loss += p->z_loss * row_lse * row_lse;
+    p->losses[r] = (float)loss;
+    p->lse[r] = (float)row_lse;
+    RowGradient out = {0.0, 0.0, 0.0};
+    if (p->grad == NULL)
+        return out;
+    /* the target's entry as s_r ((A - a_t + 2 zl lse) e_t - a_t rest) / s, never 1 - p_t */
+    const double total_sum = rest + target_e;
+    const double q = p->row_scale[c] / total_sum;
+    double factor = p->total_coef[c];
+    if (p->z_loss != 0.0)
+        factor += 2.0 * p->z_loss * row_lse;
+    out.scale = q * factor;
+    out.smooth = p->smoothing ? q * total_sum * u : 0.0; /* s_r u, times w_j */
+    double value = (p->z_loss != 0.0 || p->smoothing) ? (factor - a_t) * target_e - a_t * rest : -(a_t * rest);
+    value *= q;
+    if (p->smoothing)
+        value -= out.smooth * (p->weight == NULL ? 1.0 : p->weight[p->labels[r]]);
+    out.value = value;
+    return out;
+}
+
+/* Rows one at a time, their classes contiguous (vectorized along the row) or strided. */
+static inline __attribute__((always_inline)) void rows_along(const Problem *p, int64_t start, int64_t stop,
+                                                            double *scratch) {
     const int64_t n = p->num_classes, xs = p->x_class_stride;
     const int divide = p->temperature != 1.0;
     for (int64_t r = start; r < stop; r++) {
-        const char *x = (const char *)p->x + r * p->x_row_stride * (p->x_dtype == F32 ? 4 : 2);
+        const char *x = x_row(p, r);
         int has_nan;
         float m32 = row_max(x, p->x_dtype, n, xs, &has_nan);
         if (has_nan || !isfinite(m32)) {
@@ -159,43 +231,23 @@ static void cross_entropy_rows(const Problem *p, int64_t start, int64_t stop, do
             left = exps(x, p->x_dtype, 0, t, xs, m, 0, 1.0, scratch);
             right = exps(x, p->x_dtype, t + 1, n, xs, m, 0, 1.0, scratch);
         }
-        const double below = left.below + right.below, ties = left.ties + right.ties;
-        const double rest = ties + below;
         double target_d = (double)load(x, p->x_dtype, t * xs) - m;
         if (divide)
             target_d /= p->temperature;
         const double target_e = exp_nonpositive(target_d);
         scratch[t] = target_e;
+        const double shift_sum =
+            p->smoothing ? weighted_shift_sum(x, p->x_dtype, n, xs, m, p->temperature, p->weight) : 0.0;
 
-        /* 3. the row's loss: a sum of terms >= 0 (d <= 0 <= L), nothing cancels */
-        const double log_sum = target_d == 0.0 ? log1p(rest) : log1p((ties - 1.0) + below + target_e);
-        const double shift = divide ? m / p->temperature : m;
-        const double row_lse = shift + log_sum;
-        const int64_t c = r * p->coef_stride;
-        const double a_t = p->target_coef[c], u = p->uniform_coef[c];
-        const int kept = p->kept[c];
-        double loss = a_t > 0.0 ? a_t * (log_sum - target_d) : 0.0;
-        if (p->smoothing && kept)
-            loss += u * (p->weight_sum * log_sum
-                         - weighted_shift_sum(x, p->x_dtype, n, xs, m, p->temperature, p->weight));
-        if (p->z_loss != 0.0 && kept)
-            loss += p->z_loss * row_lse * row_lse;
-        p->losses[r] = (float)loss;
-        p->lse[r] = (float)row_lse;
+        /* 3. the loss, and the gradient written once */
+        const double below = left.below + right.below, ties = left.ties + right.ties;
+        RowGradient rg = finish_row(p, r, m, below, ties, target_d, target_e,
+                                    log_sum_of(below, ties, target_d, target_e), shift_sum);
         if (p->grad == NULL)
             continue;
-
-        /* the gradient: s_r ((A + 2 zl lse) e_j / s - a_j); the target's entry as
-         * s_r ((A - a_t + 2 zl lse) e_t - a_t rest) / s, never 1 - p_t */
-        const double total_sum = rest + target_e;
-        const double q = p->row_scale[c] / total_sum;
-        double factor = p->total_coef[c];
-        if (p->z_loss != 0.0)
-            factor += 2.0 * p->z_loss * row_lse;
-        const double scale = q * factor;
-        const double smooth = p->smoothing ? q * total_sum * u : 0.0;  /* s_r u, times w_j */
-        char *g = (char *)p->grad + r * p->grad_row_stride * (p->grad_dtype == F32 ? 4 : 2);
+        char *g = grad_row(p, r);
         const int64_t gs = p->grad_class_stride;
+        const double scale = rg.scale;
         if (gs == 1 && p->grad_dtype == F32 && !p->smoothing) {
             float *row = (float *)g;
 #pragma omp simd
@@ -208,19 +260,134 @@ static void cross_entropy_rows(const Problem *p, int64_t start, int64_t stop, do
         } else {
             for (int64_t j = 0; j < n; j++) {
                 double w = p->weight == NULL ? 1.0 : p->weight[j];
-                store(g, p->grad_dtype, j * gs, scale * scratch[j] - smooth * w);
+                store(g, p->grad_dtype, j * gs, scale * scratch[j] - rg.smooth * w);
             }
         }
-        double value = (p->z_loss != 0.0 || p->smoothing) ? (factor - a_t) * target_e - a_t * rest : -(a_t * rest);
-        value *= q;
-        if (p->smoothing)
-            value -= smooth * (p->weight == NULL ? 1.0 : p->weight[t]);
-        store(g, p->grad_dtype, t * gs, value);
+        store(g, p->grad_dtype, t * gs, rg.value);
     }
 }
 
+/* Rows whose classes are strided and which lie next to each other (a K-dimensional input's: class j of
+ * rows r.. r + TILE is contiguous), TILE at a time, vectorized across the rows: the same three steps. */
+enum { TILE = 16 };
+
+/* `dtype` and `smoothing` are constants at each call (the function is inlined): loops without branches */
+static inline __attribute__((always_inline)) void rows_across(const Problem *p, int64_t start, int64_t stop,
+                                                             double *scratch, const int dtype, const int smoothing) {
+    const int64_t n = p->num_classes, xs = p->x_class_stride, gs = p->grad_class_stride;
+    const double inverse_temperature = 1.0 / p->temperature;
+    for (int64_t r0 = start; r0 < stop;) {
+        /* a tile never crosses a sample: its rows are one stride-1 run */
+        const int64_t in_sample = p->rows_per_sample - r0 % p->rows_per_sample;
+        const int count = (int)(stop - r0 < TILE ? (stop - r0 < in_sample ? stop - r0 : in_sample)
+                                                 : (TILE < in_sample ? TILE : in_sample));
+        const char *x = x_row(p, r0);
+        const int size = dtype == F32 ? 4 : 2;
+        float m[TILE], nan[TILE];  /* nan: 1 where the row holds a NaN (a float, so the loop vectorizes) */
+        for (int r = 0; r < TILE; r++) {
+            m[r] = -INFINITY;
+            nan[r] = 0.0f;
+        }
+        /* 1. the maxima, class by class */
+#define MAX_TERM                                   \
+    {                                              \
+        float v = load(column, dtype, r);          \
+        m[r] = v > m[r] ? v : m[r];                \
+        nan[r] = v != v ? 1.0f : nan[r];           \
+    }
+        for (int64_t j = 0; j < n; j++) {
+            const char *column = x + j * xs * size;
+            if (count == TILE) {  /* a fixed trip count: gcc vectorizes this one */
+#pragma omp simd
+                for (int r = 0; r < TILE; r++)
+                    MAX_TERM
+            } else {
+                for (int r = 0; r < count; r++)
+                    MAX_TERM
+            }
+        }
+        int special = 0;
+        for (int r = 0; r < count; r++)
+            special |= nan[r] != 0.0f || !isfinite(m[r]);
+        if (special) {  /* the caller's rows among them: the row-at-a-time path flags them, writes the rest */
+            rows_along(p, r0, r0 + count, scratch);
+            r0 += count;
+            continue;
+        }
+        /* 2. the exps into scratch (class-major), their sums without each row's target */
+        double below[TILE] = {0}, ties[TILE] = {0}, shift_sum[TILE] = {0};
+        int64_t labels[TILE];
+        for (int r = 0; r < count; r++)
+            labels[r] = p->labels[r0 + r];
+        for (int64_t j = 0; j < n; j++) {
+            const char *column = x + j * xs * size;
+            const double w = p->weight == NULL ? 1.0 : p->weight[j];
+#pragma omp simd
+            for (int r = 0; r < count; r++) {
+                double d = ((double)load(column, dtype, r) - (double)m[r]) * inverse_temperature;
+                double e = exp_nonpositive(d);
+                scratch[j * TILE + r] = e;
+                int other = j != labels[r];
+                below[r] += other && d < 0.0 ? e : 0.0;
+                ties[r] += other && d == 0.0 ? 1.0 : 0.0;
+                if (smoothing)  /* a class of weight 0 adds 0 even at d = -inf (rule 4) */
+                    shift_sum[r] += w != 0.0 ? w * d : 0.0;
+            }
+        }
+        /* 3. per row: the loss, and what its gradient needs */
+        double target_d[TILE], target_e[TILE], log_sum[TILE];
+        for (int r = 0; r < count; r++)
+            target_d[r] = ((double)load(x + labels[r] * xs * size, dtype, r) - (double)m[r]) / p->temperature;
+#pragma omp simd
+        for (int r = 0; r < count; r++) {  /* vectorized too: at 21 classes a row's own work is a third */
+            target_e[r] = exp_nonpositive(target_d[r]);
+            log_sum[r] = log_sum_of(below[r], ties[r], target_d[r], target_e[r]);
+        }
+        RowGradient rg[TILE];
+        for (int r = 0; r < count; r++) {
+            scratch[labels[r] * TILE + r] = target_e[r];
+            p->special[r0 + r] = 0;
+            rg[r] = finish_row(p, r0 + r, m[r], below[r], ties[r], target_d[r], target_e[r], log_sum[r],
+                               shift_sum[r]);
+        }
+        if (p->grad != NULL) {
+            char *g = grad_row(p, r0);
+            double scale[TILE], smooth[TILE], value[TILE];
+            for (int r = 0; r < count; r++) {
+                scale[r] = rg[r].scale;
+                smooth[r] = rg[r].smooth;
+                value[r] = rg[r].value;
+            }
+            for (int64_t j = 0; j < n; j++) {
+                char *column = g + j * gs * (p->grad_dtype == F32 ? 4 : 2);
+                const double w = p->weight == NULL ? 1.0 : p->weight[j];
+#pragma omp simd
+                for (int r = 0; r < count; r++) {
+                    double out = j == labels[r] ? value[r] : scale[r] * scratch[j * TILE + r] - smooth[r] * w;
+                    store(column, p->grad_dtype, r, out);
+                }
+            }
+        }
+        r0 += count;
+    }
+}
+
+VECTOR_CLONES
+static void cross_entropy_rows(const Problem *p, int64_t start, int64_t stop, double *scratch) {
+    /* a K-dimensional input's rows (classes strided, rows next to each other, the gradient alike):
+     * vectorized across rows; all else along each row */
+    if (p->x_class_stride != 1 && p->x_row_stride == 1 && (p->grad == NULL || p->grad_row_stride == 1)) {
+        if (p->x_dtype == F32)
+            p->smoothing ? rows_across(p, start, stop, scratch, F32, 1) : rows_across(p, start, stop, scratch, F32, 0);
+        else
+            p->smoothing ? rows_across(p, start, stop, scratch, BF16, 1) : rows_across(p, start, stop, scratch, BF16, 0);
+    } else
+        rows_along(p, start, stop, scratch);
+}
+
 static const char rows_doc[] =
-    "rows(x, x_dtype, num_rows, num_classes, x_row_stride, x_class_stride, labels, kept, target_coef,\n"
+    "rows(x, x_dtype, num_rows, num_classes, x_row_stride, x_class_stride, rows_per_sample, x_sample_stride,\n"
+    "     grad_sample_stride, labels, kept, target_coef,\n"
     "     uniform_coef, total_coef, row_scale, coef_stride, weight, weight_sum, z_loss, temperature, smoothing,\n"
     "     grad, grad_dtype, grad_row_stride, grad_class_stride, losses, lse, special, start, stop) -> int\n\n"
     "Cross-entropy rows [start, stop) of a resolved problem; pointers are addresses (0 for none),\n"
@@ -232,13 +399,14 @@ static PyObject *rows(PyObject *self, PyObject *args) {
     unsigned long long x, labels, kept, target_coef, uniform_coef, total_coef, row_scale, weight, grad, losses,
         lse, special;
     long long start, stop;
-    if (!PyArg_ParseTuple(args, "KiLLLLKKKKKKLKdddiKiLLKKKLL", &x, &p.x_dtype, &p.num_rows, &p.num_classes,
-                          &p.x_row_stride, &p.x_class_stride, &labels, &kept, &target_coef, &uniform_coef,
+    if (!PyArg_ParseTuple(args, "KiLLLLLLLKKKKKKLKdddiKiLLKKKLL", &x, &p.x_dtype, &p.num_rows, &p.num_classes,
+                          &p.x_row_stride, &p.x_class_stride, &p.rows_per_sample, &p.x_sample_stride,
+                          &p.grad_sample_stride, &labels, &kept, &target_coef, &uniform_coef,
                           &total_coef, &row_scale, &p.coef_stride, &weight, &p.weight_sum, &p.z_loss, &p.temperature,
                           &p.smoothing, &grad, &p.grad_dtype, &p.grad_row_stride, &p.grad_class_stride,
                           &losses, &lse, &special, &start, &stop))
         return NULL;
-    if (start < 0 || stop > p.num_rows || start > stop || p.num_classes <= 0 || (p.coef_stride != 0 && p.coef_stride != 1)
+    if (start < 0 || stop > p.num_rows || start > stop || p.num_classes <= 0 || p.rows_per_sample <= 0 || (p.coef_stride != 0 && p.coef_stride != 1)
         || (p.x_dtype != F32 && p.x_dtype != BF16) || (grad && p.grad_dtype != F32 && p.grad_dtype != BF16)) {
         PyErr_SetString(PyExc_ValueError, "rows: a bad problem (rows, classes or dtypes out of range)");
         return NULL;
@@ -255,7 +423,7 @@ static PyObject *rows(PyObject *self, PyObject *args) {
     p.losses = (float *)(uintptr_t)losses;
     p.lse = (float *)(uintptr_t)lse;
     p.special = (uint8_t *)(uintptr_t)special;
-    double *scratch = malloc((size_t)p.num_classes * sizeof(double));
+    double *scratch = malloc((size_t)p.num_classes * TILE * sizeof(double));  /* a row, or a tile's columns */
     if (scratch == NULL)
         return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS

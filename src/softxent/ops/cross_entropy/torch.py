@@ -584,10 +584,10 @@ def _lean(input, target, options: LossOptions, call: _Call):
 
 
 def _compiled_lean(input: torch.Tensor, options: LossOptions) -> bool:
-    """Whether a lean call runs in the compiled CPU kernel (`_lean_compiled`): (C,) or (N, C) float32 or
-    bfloat16 logits on the CPU, no class weights, no softcap."""
-    return (input.dim() <= 2 and options.weight is None and torch_cpu.compiled_kernel_takes(input, options)
-            and not _backend.uses_triton(input))
+    """Whether a lean call runs in the compiled CPU kernel (`_lean_compiled`): (C,), (N, C) or contiguous
+    (N, C, d...) float32 or bfloat16 logits on the CPU, no class weights, no softcap."""
+    return ((input.dim() <= 2 or input.is_contiguous()) and options.weight is None
+            and torch_cpu.compiled_kernel_takes(input, options) and not _backend.uses_triton(input))
 
 
 def _lean_compiled(input, target, options: LossOptions, call: _Call):
@@ -598,8 +598,9 @@ def _lean_compiled(input, target, options: LossOptions, call: _Call):
     labels = target.unsqueeze(0) if unbatched else target
     if labels.dtype != torch.int64:
         labels = labels.long()
-    scale = 1.0 / x.shape[0] if options.reduction == "mean" else 1.0  # the "mean" over N rows, all kept
-    result = torch_cpu.lean_rows(x, labels.contiguous(), options, scale, call.want_grad)
+    labels = labels.reshape(-1).contiguous()  # a row's label each, (N, d...) flat for a K-dim input
+    scale = 1.0 / labels.numel() if options.reduction == "mean" else 1.0  # the "mean" over the rows, all kept
+    result = torch_cpu.lean_rows(x, labels, options, scale, call.want_grad)
     if result is None:
         return None
     losses, lse, grad = result

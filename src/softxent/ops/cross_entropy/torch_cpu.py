@@ -153,11 +153,12 @@ _SHARED_COEFFICIENTS: dict = {}  # (options, C) -> the spec's coefficients of a 
 
 
 def lean_rows(logits, labels, options: LossOptions, grad_scale: float, want_grad: bool):
-    """(losses, lse, grad or None) of (N, C) logits whose labels are all in [0, C) and none ignored, with
-    no class weights (the lean path's problem): every row then has the same coefficients, which the
-    spec gives once (cached) and the kernel reads with stride 0. None if a row is special (a max that
-    is not finite, a NaN): the caller's general path decides those."""
-    num_rows, num_classes = logits.shape
+    """(losses, lse, grad or None) of (N, C) logits, or a contiguous (N, C, d...) input, whose labels (one
+    per row, flat) are all in [0, C) and none ignored, with no class weights (the lean path's problem):
+    every row then has the same coefficients, which the spec gives once (cached) and the kernel reads
+    with stride 0. None if a row is special (a max that is not finite, a NaN): the caller's general path
+    decides those."""
+    num_rows, num_classes = labels.numel(), logits.shape[1]
     key = (options, num_classes)
     coefficients = _SHARED_COEFFICIENTS.get(key)
     if coefficients is None:
@@ -181,20 +182,29 @@ def lean_rows(logits, labels, options: LossOptions, grad_scale: float, want_grad
 COMPILED_SPAN_ELEMENTS = 1 << 17
 
 
+def _layout(tensor: torch.Tensor) -> tuple[int, int, int, int, int, int]:
+    """(rows, classes, row stride, class stride, rows per sample, sample stride) of (N, C) logits, or of a
+    contiguous (N, C, d...) input seen as N samples of d... rows (row stride 1, class stride d...)."""
+    if tensor.dim() == 2:
+        return (*tensor.shape, *tensor.stride(), max(1, tensor.shape[0]), 0)
+    per_sample = math.prod(tensor.shape[2:])
+    return tensor.shape[0] * per_sample, tensor.shape[1], 1, tensor.stride(1), max(1, per_sample), tensor.stride(0)
+
+
 def _run_compiled(logits, coefficients, row_scale, coef_stride: int, w, options: LossOptions, grad_out, losses, lse):
     """cpu_rows.c over all rows, one span per core when large; the special rows' flags, or None if none."""
-    num_rows, num_classes = logits.shape
+    num_rows, num_classes, row_stride, class_stride, per_sample, sample_stride = _layout(logits)
+    grad_layout = (0,) * 6 if grad_out is None else _layout(grad_out)
     special = torch.empty(num_rows, dtype=torch.uint8)
     dtype_code = _COMPILED_DTYPES[logits.dtype]
     labels = coefficients.safe.contiguous()
     address = lambda tensor: 0 if tensor is None else tensor.data_ptr()  # noqa: E731
     arguments = (
-        logits.data_ptr(), dtype_code, num_rows, num_classes, logits.stride(0), logits.stride(1),
-        labels.data_ptr(), address(coefficients.kept), address(coefficients.target),
+        logits.data_ptr(), dtype_code, num_rows, num_classes, row_stride, class_stride, per_sample, sample_stride,
+        grad_layout[5], labels.data_ptr(), address(coefficients.kept), address(coefficients.target),
         address(coefficients.uniform), address(coefficients.total), address(row_scale), coef_stride, address(w),
         float(num_classes) if w is None else float(w.sum()), float(options.z_loss), float(options.temperature),
-        int(bool(options.label_smoothing)), address(grad_out), dtype_code,
-        0 if grad_out is None else grad_out.stride(0), 0 if grad_out is None else grad_out.stride(1),
+        int(bool(options.label_smoothing)), address(grad_out), dtype_code, grad_layout[2], grad_layout[3],
         losses.data_ptr(), lse.data_ptr(), special.data_ptr())
     flagged = []
 

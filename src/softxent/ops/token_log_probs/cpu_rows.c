@@ -60,36 +60,6 @@ static inline __attribute__((always_inline)) const char *row_start(const Rows *p
     return (const char *)p->x + r * p->x_row_stride * (p->x_dtype == F32 ? 4 : 2);
 }
 
-/* 1. the row max, and whether the row holds a NaN (max ignores it, so it is counted apart) */
-static inline __attribute__((always_inline)) float row_max(const void *x, int dtype, int64_t n, int64_t stride,
-                                                          int *has_nan) {
-    float m = -INFINITY;
-    int nan = 0;
-    if (stride == 1 && dtype == F32) {
-        const float *row = x;
-#pragma omp simd reduction(max : m) reduction(| : nan)
-        for (int64_t j = 0; j < n; j++) {
-            m = row[j] > m ? row[j] : m;
-            nan |= row[j] != row[j];
-        }
-    } else if (stride == 1) {
-#pragma omp simd reduction(max : m) reduction(| : nan)
-        for (int64_t j = 0; j < n; j++) {
-            float v = load(x, BF16, j);
-            m = v > m ? v : m;
-            nan |= v != v;
-        }
-    } else {
-        for (int64_t j = 0; j < n; j++) {
-            float v = load(x, dtype, j * stride);
-            m = v > m ? v : m;
-            nan |= v != v;
-        }
-    }
-    *has_nan = nan;
-    return m;
-}
-
 /* 2. the forward's sums over the row: the terms below the max (d < 0), the count of ties at it (e = 1),
  * and sum_j e_j (-d_j), whose masked entries (d = -inf, e = 0) add 0, not 0 * inf */
 #define FORWARD_TERM(value)                               \
@@ -151,8 +121,9 @@ static void forward_rows(const Rows *p, int entropy, void *lp, void *h, void *st
             p->special[r] = 1;
             continue;
         }
+        /* 1. the row max, and whether it holds a NaN */
         int has_nan;
-        const float m32 = row_max(x, p->x_dtype, n, xs, &has_nan);
+        const float m32 = row_max_and_nan(x, p->x_dtype, n, xs, &has_nan);
         if (has_nan || !isfinite(m32)) {
             p->special[r] = 1;
             continue;
