@@ -372,11 +372,15 @@ static inline __attribute__((always_inline)) void rows_across(const Problem *p, 
     }
 }
 
+/* a K-dimensional input's rows (classes strided, rows next to each other, the gradient alike) go
+ * vectorized across rows; all else along each row */
+static int goes_across(const Problem *p) {
+    return p->x_class_stride != 1 && p->x_row_stride == 1 && (p->grad == NULL || p->grad_row_stride == 1);
+}
+
 VECTOR_CLONES
 static void cross_entropy_rows(const Problem *p, int64_t start, int64_t stop, double *scratch) {
-    /* a K-dimensional input's rows (classes strided, rows next to each other, the gradient alike):
-     * vectorized across rows; all else along each row */
-    if (p->x_class_stride != 1 && p->x_row_stride == 1 && (p->grad == NULL || p->grad_row_stride == 1)) {
+    if (goes_across(p)) {
         if (p->x_dtype == F32)
             p->smoothing ? rows_across(p, start, stop, scratch, F32, 1) : rows_across(p, start, stop, scratch, F32, 0);
         else
@@ -423,7 +427,8 @@ static PyObject *rows(PyObject *self, PyObject *args) {
     p.losses = (float *)(uintptr_t)losses;
     p.lse = (float *)(uintptr_t)lse;
     p.special = (uint8_t *)(uintptr_t)special;
-    double *scratch = malloc((size_t)p.num_classes * TILE * sizeof(double));  /* a row, or a tile's columns */
+    /* a row of exps, or a tile's */
+    double *scratch = malloc((size_t)p.num_classes * (goes_across(&p) ? TILE : 1) * sizeof(double));
     if (scratch == NULL)
         return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS

@@ -7,6 +7,11 @@ The math is the package docstring's, in float32 (float64 for float64 logits), a 
 rows at a time, one span of rows per core. `row_scale` (a 0-d tensor, or (n,) for reduction "none")
 multiplies each row's gradient; `grad_out` (may be `student` itself) receives
 d(sum_i row_scale_i losses_i)/d(student).
+
+float32 and bfloat16 logits on the CPU (student and teacher each either) run in the compiled kernel of
+`cpu_rows.c` (the extension `_cpu_rows`): the same math in float64, each row read three times, the
+gradient written once, no (chunk, V) buffers. Everything else, and the rows that kernel leaves (a NaN,
+a +inf), goes through the torch ops here.
 """
 
 from __future__ import annotations
@@ -16,9 +21,16 @@ import math
 import torch
 
 from softxent._torch.threads import for_row_spans
-from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype, chunk_rows
+from softxent.ops.cross_entropy.torch_cpu import COMPILED_SPAN_ELEMENTS, accumulation_dtype, chunk_rows
+
+try:
+    from softxent.ops.distillation import _cpu_rows
+except ImportError:  # built without a C compiler (setup.py makes the extension optional): torch ops only
+    _cpu_rows = None
 
 _INF = float("inf")
+_COMPILED_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # cpu_rows.c's dtype codes
+_DIVERGENCES = {"kl": 0, "reverse_kl": 1, "jsd": 2}
 
 
 def _log_softmax(x: torch.Tensor, temperature: float, buf: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -60,6 +72,58 @@ def distill_rows(student: torch.Tensor, teacher: torch.Tensor, kept: torch.Tenso
         if grad_out is not None:
             grad_out.zero_()
         return losses
+    if _compiled_kernel_takes(student, teacher, kept, divergence, grad_out):
+        special = _run_compiled(student, teacher, kept, divergence, beta, temperature, row_scale, grad_out, losses)
+        if special is not None:  # the rows the kernel left (before writing them: grad_out may be the student)
+            rows = special.nonzero().view(-1)
+            per_row = row_scale is not None and row_scale.dim() > 0
+            part = None if grad_out is None else torch.empty(len(rows), num_classes, dtype=grad_out.dtype)
+            losses[rows] = _torch_distill_rows(student[rows], teacher[rows], kept[rows], divergence, beta,
+                                               temperature, row_scale[rows] if per_row else row_scale, part)
+            if grad_out is not None:
+                grad_out[rows] = part
+        return losses
+    return _torch_distill_rows(student, teacher, kept, divergence, beta, temperature, row_scale, grad_out, losses)
+
+
+def _compiled_kernel_takes(student, teacher, kept, divergence: str, grad_out) -> bool:
+    return (_cpu_rows is not None and student.device.type == "cpu" and teacher.device.type == "cpu"
+            and student.dtype in _COMPILED_DTYPES and teacher.dtype in _COMPILED_DTYPES
+            and divergence in _DIVERGENCES and kept.dtype == torch.bool and kept.device.type == "cpu"
+            and (grad_out is None or grad_out.dtype == student.dtype))
+
+
+def _run_compiled(student, teacher, kept, divergence, beta, temperature, row_scale, grad_out, losses):
+    """cpu_rows.c over all rows, one span per core when large; the special rows' flags, or None if none."""
+    num_rows, num_classes = student.shape
+    special = torch.empty(num_rows, dtype=torch.uint8)
+    kept = kept.contiguous()
+    scale = None
+    if grad_out is not None:  # float64, one value for all rows (stride 0) or one per row
+        scale = row_scale.to(device="cpu", dtype=torch.float64).reshape(-1).contiguous()
+    arguments = (
+        student.data_ptr(), _COMPILED_DTYPES[student.dtype], teacher.data_ptr(), _COMPILED_DTYPES[teacher.dtype],
+        num_rows, num_classes, student.stride(0), student.stride(1), teacher.stride(0), teacher.stride(1),
+        kept.data_ptr(), _DIVERGENCES[divergence], float(beta), float(temperature),
+        0 if scale is None else scale.data_ptr(), int(scale is not None and scale.numel() > 1),
+        0 if grad_out is None else grad_out.data_ptr(), _COMPILED_DTYPES[student.dtype],
+        0 if grad_out is None else grad_out.stride(0), 0 if grad_out is None else grad_out.stride(1),
+        losses.data_ptr(), special.data_ptr())
+    flagged = []
+
+    def work(start: int, stop: int) -> None:
+        flagged.append(_cpu_rows.rows(*arguments, start, stop))
+
+    for_row_spans(num_rows, num_classes, work, span_elements=COMPILED_SPAN_ELEMENTS, torch_ops=False)
+    return special if sum(flagged) else None
+
+
+def _torch_distill_rows(student, teacher, kept, divergence, beta, temperature, row_scale, grad_out, losses=None):
+    num_rows, num_classes = student.shape
+    acc = accumulation_dtype(student.dtype)
+    device = student.device
+    if losses is None:
+        losses = torch.zeros(num_rows, dtype=acc, device=device)
     # five buffers of a chunk each: a quarter of the usual chunk, so that they stay in cache together
     step = max(1, chunk_rows(num_classes, acc) // 4)
     per_row = row_scale is not None and row_scale.dim() > 0
