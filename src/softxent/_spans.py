@@ -30,16 +30,22 @@ class SpanPool:
         self._pid = 0
         self._lock = threading.Lock()
 
-    def run(self, num_rows: int, threads: int, work: Callable[[int, int], None], align: int = 1) -> None:
+    def run(self, num_rows: int, threads: int, work: Callable[[int, int], None], align: int = 1,
+            caller_too: bool = False) -> None:
         """work(start, stop) over `threads` contiguous spans covering range(num_rows), then wait.
 
         Span starts are multiples of `align` (a kernel's chunk of rows): every chunk then holds the same
         rows whatever the number of threads, and so gives the same bits (vector loops and their scalar
-        tails round exp differently).
+        tails round exp differently). With `caller_too` the last span runs on the calling thread (one
+        hand-off fewer), for work whose speed does not depend on the thread it runs on.
         """
-        pool = self._pool_for(threads)
         bounds = [min(num_rows, (num_rows * i // threads) // align * align) for i in range(threads)] + [num_rows]
-        futures = [pool.submit(work, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+        spans = [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+        own = spans.pop() if caller_too and spans else None
+        pool = self._pool_for(max(1, len(spans)))
+        futures = [pool.submit(work, lo, hi) for lo, hi in spans]
+        if own is not None:
+            work(*own)
         for future in futures:
             future.result()  # re-raises a worker's exception here
 

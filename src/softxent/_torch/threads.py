@@ -79,5 +79,6 @@ def for_row_spans(num_rows: int, num_classes: int, work: Callable[[int, int], No
     if not on_cpu or elements <= INLINE_MAX_ELEMENTS or (threads == 1 and not torch_ops):
         work(0, num_rows)
         return
-    # even one span runs on a worker: its ops are then single-threaded, with no OpenMP barrier to stall
-    _SPANS.run(num_rows, threads, partial(_without_grad, work), align)
+    # torch ops: even one span runs on a worker, its ops then single-threaded, with no OpenMP barrier to
+    # stall; other work keeps one span on the calling thread
+    _SPANS.run(num_rows, threads, partial(_without_grad, work), align, caller_too=not torch_ops)
