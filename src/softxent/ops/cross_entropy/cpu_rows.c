@@ -67,38 +67,6 @@ static inline char *grad_row(const Problem *p, int64_t r) {
     return (char *)p->grad + row_offset(p, r, p->grad_sample_stride, p->grad_row_stride) * (p->grad_dtype == F32 ? 4 : 2);
 }
 
-/* 1. the row max, and whether the row holds a NaN (max ignores it, so it is counted apart) */
-static inline __attribute__((always_inline)) float row_max(const void *x, int dtype, int64_t n, int64_t stride,
-                                                          int *has_nan) {
-    float m = -INFINITY;
-    int nan = 0;
-    if (stride == 1) {
-        if (dtype == F32) {
-            const float *row = x;
-#pragma omp simd reduction(max : m) reduction(| : nan)
-            for (int64_t j = 0; j < n; j++) {
-                m = row[j] > m ? row[j] : m;
-                nan |= row[j] != row[j];
-            }
-        } else {
-#pragma omp simd reduction(max : m) reduction(| : nan)
-            for (int64_t j = 0; j < n; j++) {
-                float v = load(x, BF16, j);
-                m = v > m ? v : m;
-                nan |= v != v;
-            }
-        }
-    } else {
-        for (int64_t j = 0; j < n; j++) {
-            float v = load(x, dtype, j * stride);
-            m = v > m ? v : m;
-            nan |= v != v;
-        }
-    }
-    *has_nan = nan;
-    return m;
-}
-
 /* 2. e_j = exp((x_j - m) / T) for j in [lo, hi) into scratch, summed in two parts: the terms below the
  * max (d_j < 0) and the count of ties at it (e_j = 1), so that log(sum e) = log1p(ties - 1 + below) keeps
  * a tiny sum exact even when the max is not the target's */
@@ -213,7 +181,7 @@ static inline __attribute__((always_inline)) void rows_along(const Problem *p, i
     for (int64_t r = start; r < stop; r++) {
         const char *x = x_row(p, r);
         int has_nan;
-        float m32 = row_max(x, p->x_dtype, n, xs, &has_nan);
+        float m32 = row_max_and_nan(x, p->x_dtype, n, xs, &has_nan);  /* 1. */
         if (has_nan || !isfinite(m32)) {
             p->special[r] = 1;
             continue;
