@@ -19,4 +19,4 @@ def _row_kernel(op: str) -> Extension:
     )
 
 
-setup(ext_modules=[_row_kernel(op) for op in ("cross_entropy", "token_log_probs")])
+setup(ext_modules=[_row_kernel(op) for op in ("cross_entropy", "token_log_probs", "distillation")])

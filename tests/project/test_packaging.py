@@ -56,7 +56,8 @@ def test_wheel_ships_py_typed_and_the_compiled_kernel(tmp_path):
     wheel = tmp_path / "dist" / done.stdout.strip().splitlines()[-1]
     names = zipfile.ZipFile(wheel).namelist()
     assert "softxent/py.typed" in names
-    # setup.py's optional extension, built here where a C compiler is at hand
-    assert any(name.startswith("softxent/ops/cross_entropy/_cpu_rows") and name.endswith(".so") for name in names)
+    # setup.py's optional extensions, built here where a C compiler is at hand
+    for op in ("cross_entropy", "token_log_probs", "distillation"):
+        assert any(name.startswith(f"softxent/ops/{op}/_cpu_rows") and name.endswith(".so") for name in names), op
     assert any(name.endswith(".dist-info/licenses/LICENSE") or name.endswith(".dist-info/LICENSE")
                for name in names), [n for n in names if "dist-info" in n]

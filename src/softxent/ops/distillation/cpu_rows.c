@@ -8,7 +8,7 @@
  *   log q = d^s - L^s, q = exp(d^s) / (1 + rest^s), and log p, p from the teacher alike; 0 log 0 = 0:
  *   "kl":          D = sum_j p_j (log p_j - log q_j),        dD/du_j = q_j - p_j
  *   "reverse_kl":  D = sum_j q_j (log q_j - log p_j),        dD/du_j = q_j ((log q_j - log p_j) - D)
- *   "jsd":         log m_j = log(beta p_j + (1 - beta) q_j), a_j = (1 - beta)(log q_j - log m_j),
+ *   "jsd":         log m_j = log(beta p_j + (1 - beta) q_j) (from log p_j, log q_j), a_j = (1 - beta)(log q_j - log m_j),
  *                  D = beta sum_j p_j (log p_j - log m_j) + sum_j q_j a_j,  dD/du_j = q_j (a_j - sum_k q_k a_k)
  *
  * with u = s / T; the loss is T^2 D and the gradient row_scale T dD/du (d/ds = dD/du / T, times T^2).
@@ -34,7 +34,6 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include <float.h>
 #include <stdlib.h>
 
 #include "../cpu_rowmath.h"
@@ -101,13 +100,11 @@ static inline __attribute__((always_inline)) Softmax softmax_of(const void *x, i
         prob_out = exp_nonpositive(d) * sm.inverse_sum;                \
     }
 
-/* log(beta p + (1 - beta) q) from the mixture itself where it is a normal float64, else from the
- * log-probabilities (logaddexp: a mixture of underflowed p and q, or beta at 0 or 1 with a masked entry) */
-static inline double log_mixture(double p, double q, double lp, double lq, double beta, double log_beta,
-                                 double log_other) {
-    const double mixture = beta * p + (1.0 - beta) * q;
-    if (mixture >= DBL_MIN)
-        return log(mixture);
+/* log m_j = log(beta p_j + (1 - beta) q_j) from the log-probabilities (logaddexp, libm's exp and log1p:
+ * within a few float64 ulp of |log m_j|). Not the log of the mixture of p_j and q_j: their 1e-11 relative
+ * error (exp_nonpositive's) would put 1e-11 into log m_j - log p_j, and D = 0 for beta at 0 or 1 (or
+ * equal models) would come out 1e-13, not 0 */
+static inline double log_mixture(double lp, double lq, double log_beta, double log_other) {
     const double a = lp + log_beta, b = lq + log_other;
     const double high = a > b ? a : b, low = a > b ? b : a;
     if (high == -INFINITY)
@@ -163,10 +160,10 @@ static inline __attribute__((always_inline)) double divergence_row(
         const double log_beta = beta > 0.0 ? log(beta) : -INFINITY;
         const double log_other = beta < 1.0 ? log1p(-beta) : -INFINITY;
         double to_p = 0.0, qa = 0.0;
-        for (int64_t j = 0; j < n; j++) {  /* a log per entry: libm's, scalar */
+        for (int64_t j = 0; j < n; j++) {  /* libm's exp and log1p per entry: scalar */
             LOG_AND_PROB(load(s, sd, j * ss), sq, lq, q)
             LOG_AND_PROB(load(t, td, j * ts), sp, lp, pj)
-            const double lm = log_mixture(pj, q, lp, lq, beta, log_beta, log_other);
+            const double lm = log_mixture(lp, lq, log_beta, log_other);
             to_p += pj > 0.0 ? pj * (lp - lm) : 0.0;
             const double a = q > 0.0 ? (lq - lm) * (1.0 - beta) : 0.0;
             qa += q * a;
