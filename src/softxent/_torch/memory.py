@@ -35,6 +35,8 @@ def _libc_madvise():
 
 def advise_huge_pages(tensor: torch.Tensor) -> None:
     """Hint that a fresh, untouched CPU tensor's memory be backed by huge pages (Linux only)."""
+    if torch.compiler.is_compiling():  # traced: the graph allocates its own buffers
+        return
     nbytes = tensor.untyped_storage().nbytes()
     if tensor.device.type != "cpu" or nbytes < _MIN_BYTES or not sys.platform.startswith("linux"):
         return
@@ -48,8 +50,20 @@ def advise_huge_pages(tensor: torch.Tensor) -> None:
         madvise(lo, hi - lo, _MADV_HUGEPAGE)
 
 
-def empty_like(tensor: torch.Tensor) -> torch.Tensor:
-    """torch.empty_like(tensor), advised for huge pages when large and on the CPU."""
-    out = torch.empty_like(tensor)
+def empty_like(tensor: torch.Tensor, **kwargs) -> torch.Tensor:
+    """torch.empty_like(tensor, **kwargs), advised for huge pages when large and on the CPU."""
+    out = torch.empty_like(tensor, **kwargs)
     advise_huge_pages(out)
     return out
+
+
+def empty(*shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """torch.empty(shape), advised for huge pages when large and on the CPU."""
+    out = torch.empty(*shape, dtype=dtype, device=device)
+    advise_huge_pages(out)
+    return out
+
+
+def zeros(*shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """torch.zeros(shape), advised before the zeros first touch its pages."""
+    return empty(*shape, dtype=dtype, device=device).zero_()

@@ -35,6 +35,7 @@ import array_api_compat.torch as xp
 
 from softxent._options import LossOptions
 from softxent.ops.cross_entropy import spec
+from softxent._torch import memory
 from softxent._torch.threads import for_row_spans
 
 try:
@@ -167,7 +168,7 @@ def lean_rows(logits, labels, options: LossOptions, grad_scale: float, want_grad
             _SHARED_COEFFICIENTS[key] = coefficients
     losses = torch.empty(num_rows, dtype=torch.float32)
     lse = torch.empty(num_rows, dtype=torch.float32)
-    grad = torch.empty(logits.shape, dtype=logits.dtype) if want_grad else None
+    grad = memory.empty(logits.shape, dtype=logits.dtype, device=logits.device) if want_grad else None
     row_scale = torch.full((1,), grad_scale / options.temperature, dtype=torch.float64) if want_grad else None
     # the labels themselves are safe (all in [0, C)): the kernel reads them, the coefficients' row is one
     coefficients = spec.IndexCoefficients(coefficients.kept, labels, coefficients.target, coefficients.uniform,

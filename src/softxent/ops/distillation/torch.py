@@ -17,6 +17,7 @@ import torch
 from softxent import _validation as v
 from softxent._options import LossOptions
 from softxent._torch import backend as _backend
+from softxent._torch import memory
 from softxent._torch.matmul import fold_chunk
 from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype
@@ -193,7 +194,7 @@ class _Distillation(torch.autograd.Function):
         kept = _kept(target, num_rows, problem, student.device, num_classes, check)
         denom = _denominator(target, num_rows, num_classes, problem, acc, student.device)
         fused = want_grad and problem.options.reduction != "none"
-        grad = torch.empty_like(s) if fused else None
+        grad = memory.empty_like(s) if fused else None
         scale = spec.gradient_scale(xp, denom, acc, student.device) if fused else None
         losses = distill_rows(s, t, kept, problem.divergence, problem.beta, problem.temperature, row_scale=scale,
                               grad_out=grad)
@@ -210,7 +211,7 @@ class _Distillation(torch.autograd.Function):
             grad, ctx.grad = ctx.grad, None  # handed over without a copy
             return _scale_(grad, grad_loss).view(ctx.shape), None, None, None, None, None
         s, t, kept = ctx.saved_tensors
-        grad = torch.empty_like(s)
+        grad = memory.empty_like(s)
         row_scale = grad_loss.reshape(-1) if ctx.scale is None else ctx.scale * grad_loss
         distill_rows(s, t, kept, problem.divergence, problem.beta, problem.temperature, row_scale=row_scale,
                      grad_out=grad)
@@ -341,12 +342,12 @@ def _linear_sweep(sx, sw, sb, tx, tw, tb, kept, problem: _Problem, chunk: int, r
     want = row_scale is not None
     need_dx, need_dw, need_db = (want and n for n in needs)
     losses = torch.zeros(num_rows, dtype=acc, device=device)
-    dx = torch.empty_like(sx) if need_dx else None
-    dw = torch.zeros(sw.shape, dtype=acc if wide else dtype, device=device) if need_dw else None
+    dx = memory.empty_like(sx) if need_dx else None
+    dw = memory.zeros(sw.shape, dtype=acc if wide else dtype, device=device) if need_dw else None
     db = torch.zeros(num_classes, dtype=acc, device=device) if need_db and sb is not None else None
     chunk = max(1, min(chunk or _default_chunk(sx, sw), max(1, num_rows)))
-    s_buffer = torch.empty(chunk, num_classes, dtype=dtype, device=device)
-    t_buffer = torch.empty(chunk, num_classes, dtype=tx.dtype, device=device)
+    s_buffer = memory.empty(chunk, num_classes, dtype=dtype, device=device)
+    t_buffer = memory.empty(chunk, num_classes, dtype=tx.dtype, device=device)
     slice_rows = max(64, (chunk * num_classes) // (4 * max(1, features)))
     per_row = want and row_scale.dim() > 0
     for lo in range(0, num_rows, chunk):

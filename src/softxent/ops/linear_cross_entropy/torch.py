@@ -17,6 +17,7 @@ from softxent import _validation as v
 from softxent._options import LossOptions
 from softxent._torch import backend as _backend
 from softxent._torch import checks as _checks
+from softxent._torch import memory
 from softxent._torch.matmul import fold_chunk
 from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype
 from softxent.ops.cross_entropy import spec
@@ -335,8 +336,8 @@ def _chunked(input, linear_weight, linear_bias, target, weight, options: LossOpt
     acc = accumulation_dtype(dtype)
     wide = float32_weight_grad and dtype in (torch.float16, torch.bfloat16)
     losses = torch.empty(num_rows, dtype=acc, device=device)
-    dx = torch.empty_like(rows) if need_dx else rows.new_empty(0)
-    dw = torch.zeros(linear_weight.shape, dtype=acc if wide else dtype, device=device) if need_dw \
+    dx = memory.empty_like(rows) if need_dx else rows.new_empty(0)
+    dw = memory.zeros(linear_weight.shape, dtype=acc if wide else dtype, device=device) if need_dw \
         else linear_weight.new_empty(0)
     dbias = torch.zeros(num_classes, dtype=acc, device=device) if need_dbias else linear_weight.new_empty(0)
     kernel = _backend.backend_for(rows)
@@ -345,7 +346,7 @@ def _chunked(input, linear_weight, linear_bias, target, weight, options: LossOpt
     chunk = max(1, min(chunk_size, num_rows))
     # the float32 weight gradient's fallback slices of V hold at most a quarter of a chunk of logits
     slice_rows = max(64, (chunk * num_classes) // (4 * max(1, features)))
-    buffer = torch.empty(chunk, num_classes, dtype=dtype, device=device)
+    buffer = memory.empty(chunk, num_classes, dtype=dtype, device=device)
     weight_t = linear_weight.t()
     for lo in range(0, num_rows, chunk):
         hi = min(lo + chunk, num_rows)

@@ -22,6 +22,7 @@ import torch
 from softxent import _validation as v
 from softxent._options import LossOptions
 from softxent._torch import backend as _backend
+from softxent._torch import memory
 from softxent._torch.matmul import fold_chunk
 from softxent.ops.cross_entropy import spec
 from softxent.ops.cross_entropy.torch_cpu import accumulation_dtype, work_dtype
@@ -73,7 +74,7 @@ def _(logits, labels, options, entropy, check):
 @torch.library.custom_op("softxent::token_backward_rows", mutates_args=())
 def _backward_rows_op(logits: torch.Tensor, labels: torch.Tensor, options: list[float], lp: torch.Tensor,
                       stats: torch.Tensor, g: torch.Tensor, h_grad: torch.Tensor | None) -> torch.Tensor:
-    grad = torch.empty_like(logits)
+    grad = memory.empty_like(logits)
     _, backward_rows = _eager_kernels(logits)
     backward_rows(logits, labels, LossOptions.decode(options), lp, stats, g, h_grad, grad)
     return grad
@@ -81,7 +82,7 @@ def _backward_rows_op(logits: torch.Tensor, labels: torch.Tensor, options: list[
 
 @_backward_rows_op.register_fake
 def _(logits, labels, options, lp, stats, g, h_grad):
-    return torch.empty_like(logits)
+    return memory.empty_like(logits)
 
 
 def _compiled_forward_rows(logits, labels, options: LossOptions, *, entropy: bool, check: bool):
@@ -184,7 +185,7 @@ class _TokenLogProbs(torch.autograd.Function):
         g = torch.zeros_like(lp) if grad_lp is None else grad_lp.reshape(-1).to(acc)
         hg = None if grad_h is None or not ctx.entropy else grad_h.reshape(-1).to(acc)
         rows = logits.reshape(-1, logits.shape[-1])
-        grad = torch.empty_like(rows)
+        grad = memory.empty_like(rows)
         _, backward_rows = _kernels(rows)
         backward_rows(rows.detach(), labels, ctx.options, lp, stats, g, hg, grad)
         return grad.view(logits.shape), None, None, None, None
@@ -285,7 +286,7 @@ def _linear_forward(x, weight, bias, labels, options: LossOptions, entropy: bool
     h = torch.zeros_like(lp)
     stats = torch.zeros(num_rows, 3, dtype=acc, device=x.device)
     chunk = max(1, min(chunk or _default_chunk(x, weight), num_rows))
-    buffer = torch.empty(chunk, num_classes, dtype=x.dtype, device=x.device)
+    buffer = memory.empty(chunk, num_classes, dtype=x.dtype, device=x.device)
     forward_rows, _ = _eager_kernels(buffer)
     for lo in range(0, num_rows, chunk):
         hi = min(lo + chunk, num_rows)
@@ -303,13 +304,13 @@ def _linear_backward(x, weight, bias, labels, options: LossOptions, lp, stats, g
     num_rows = x.shape[0]
     dtype = x.dtype
     wide = dtype in (torch.float16, torch.bfloat16)
-    dx = torch.empty_like(x) if need_dx else None
-    dw = torch.zeros(weight.shape, dtype=acc if wide else dtype, device=weight.device) if need_dw else None
+    dx = memory.empty_like(x) if need_dx else None
+    dw = memory.zeros(weight.shape, dtype=acc if wide else dtype, device=weight.device) if need_dw else None
     db = torch.zeros(num_classes, dtype=acc, device=weight.device) if need_db and bias is not None else None
     chunk = max(1, min(chunk or _default_chunk(x, weight), num_rows))
     reuse = buffer is not None
     if buffer is None:
-        buffer = torch.empty(chunk, num_classes, dtype=dtype, device=x.device)
+        buffer = memory.empty(chunk, num_classes, dtype=dtype, device=x.device)
     _, backward_rows = _eager_kernels(buffer)
     slice_rows = max(64, (chunk * num_classes) // (4 * max(1, features)))
     for lo in range(0, num_rows, chunk):
