@@ -14,6 +14,7 @@ import torch
 
 import adversarial
 from compare import ulp_error
+from row_kernels import row_kernel
 from softxent._options import LossOptions
 from softxent.ops.cross_entropy import torch_cpu
 
@@ -26,17 +27,12 @@ def test_the_compiled_kernel_is_built():
 
 def _rows(logits, target, weight, options, *, compiled: bool, grad: bool = True, inplace: bool = False,
           grad_scale=0.5):
-    saved = torch_cpu._cpu_rows
-    if not compiled:
-        torch_cpu._cpu_rows = None
-    try:
+    with row_kernel(torch_cpu, compiled):
         logits = logits.clone() if inplace else logits
         grad_out = (logits if inplace else torch.empty_like(logits)) if grad else None
         losses, lse = torch_cpu.cross_entropy_rows(logits, target, weight, options, grad_scale=grad_scale,
                                                    grad_out=grad_out)
         return losses, lse, grad_out
-    finally:
-        torch_cpu._cpu_rows = saved
 
 
 @pytest.mark.parametrize("case", adversarial.cases("float32"), ids=lambda case: case.name)

@@ -16,6 +16,7 @@ import torch
 
 import adversarial
 from conformance.oracle import distillation_family, ulp_distance
+from row_kernels import row_kernel
 from softxent.ops.distillation import torch_cpu
 
 DIVERGENCES = ("kl", "reverse_kl", "jsd")
@@ -29,17 +30,12 @@ def test_the_compiled_kernel_is_built():
 
 def _rows(student, teacher, kept, divergence, beta, temperature, row_scale, *, compiled: bool,
           grad: bool = True, inplace: bool = False):
-    saved = torch_cpu._cpu_rows
-    if not compiled:
-        torch_cpu._cpu_rows = None
-    try:
+    with row_kernel(torch_cpu, compiled):
         student = student.clone() if inplace else student
         grad_out = (student if inplace else torch.empty_like(student)) if grad else None
         losses = torch_cpu.distill_rows(student, teacher, kept, divergence, beta, temperature,
                                         row_scale=row_scale if grad else None, grad_out=grad_out)
         return losses, grad_out
-    finally:
-        torch_cpu._cpu_rows = saved
 
 
 # --- exactness: the adversarial rows as the student, float32, against mpmath -----------------------------

@@ -15,6 +15,7 @@ import torch
 
 import adversarial
 from compare import ulp_error
+from row_kernels import row_kernel
 from softxent._options import LossOptions
 from softxent.ops.token_log_probs import torch_cpu
 
@@ -26,18 +27,13 @@ def test_the_compiled_kernel_is_built():
 
 
 def _forward_backward(logits, labels, options, g, hg, *, compiled: bool, entropy: bool, inplace: bool = False):
-    saved = torch_cpu._cpu_rows
-    if not compiled:
-        torch_cpu._cpu_rows = None
-    try:
+    with row_kernel(torch_cpu, compiled):
         lp, h, stats = torch_cpu.token_forward_rows(logits, labels, options, entropy=entropy)
         logits = logits.clone() if inplace else logits
         out = logits if inplace else torch.empty_like(logits)
         torch_cpu.token_backward_rows(logits, labels, options, lp, stats, g.to(lp.dtype),
                                       None if hg is None else hg.to(lp.dtype), out)
         return lp, h, stats, out
-    finally:
-        torch_cpu._cpu_rows = saved
 
 
 # --- exactness: the adversarial rows, float32, against mpmath ------------------------------------------
