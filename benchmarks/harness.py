@@ -187,6 +187,20 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
+def _cpu() -> dict:
+    """The CPU's model and widest vector unit (Linux), so that figures from two machines are not compared as
+    one: ratios moved 1.7x between an AVX-512 and an AVX2 machine of the same 2-core kind."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return {}
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    vector = next((name for name in ("avx512f", "avx2", "avx", "sse2") if name in flags), "")
+    return {"cpu_model": model, "cpu_vector": vector}
+
+
 def write_results(op: str, device: str, rows: list[dict], out: Path, extra: dict | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{op}-{device}"
@@ -199,6 +213,7 @@ def write_results(op: str, device: str, rows: list[dict], out: Path, extra: dict
         writer.writeheader()
         writer.writerows(rows)
     meta = {"op": op, "device": device, "machine": platform.machine(), "processor": platform.processor(),
+            **_cpu(),
             "python": platform.python_version(), "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M"),
             **(extra or {})}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
