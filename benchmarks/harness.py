@@ -192,11 +192,11 @@ def _cpu() -> dict:
     one: ratios moved 1.7x between an AVX-512 and an AVX2 machine of the same 2-core kind."""
     try:
         with open("/proc/cpuinfo") as f:
-            info = f.read()
+            lines = f.read().splitlines()
     except OSError:
         return {}
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
     vector = next((name for name in ("avx512f", "avx2", "avx", "sse2") if name in flags), "")
     return {"cpu_model": model, "cpu_vector": vector}
 

@@ -82,7 +82,7 @@ def _backward_rows_op(logits: torch.Tensor, labels: torch.Tensor, options: list[
 
 @_backward_rows_op.register_fake
 def _(logits, labels, options, lp, stats, g, h_grad):
-    return memory.empty_like(logits)
+    return torch.empty_like(logits)  # a fake tensor: no memory to advise
 
 
 def _compiled_forward_rows(logits, labels, options: LossOptions, *, entropy: bool, check: bool):
