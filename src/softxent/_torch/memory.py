@@ -37,9 +37,10 @@ def advise_huge_pages(tensor: torch.Tensor) -> None:
     """Hint that a fresh, untouched CPU tensor's memory be backed by huge pages (Linux only)."""
     if torch.compiler.is_compiling():  # traced: the graph allocates its own buffers
         return
-    nbytes = tensor.untyped_storage().nbytes()
-    if tensor.device.type != "cpu" or nbytes < _MIN_BYTES or not sys.platform.startswith("linux"):
+    # the size first: the cheapest test (0.1 us), and the one that ends every small call's visit here
+    if tensor.nbytes < _MIN_BYTES or tensor.device.type != "cpu" or not sys.platform.startswith("linux"):
         return
+    nbytes = tensor.untyped_storage().nbytes()
     madvise = _libc_madvise()
     if not madvise:
         return
