@@ -110,7 +110,7 @@ def test_k_dimensional_input_in_one_call_matches_torch(dtype, options):
     calls = []
     real = torch_cpu.lean_rows
     try:
-        torch_cpu.lean_rows = lambda *args: calls.append(args[0].shape) or real(*args)
+        torch_cpu.lean_rows = lambda *args, **kwargs: calls.append(args[0].shape) or real(*args, **kwargs)
         ours_x = x.clone().requires_grad_()
         ours = sxt.cross_entropy(ours_x, t, **options)
     finally:
@@ -124,3 +124,133 @@ def test_k_dimensional_input_in_one_call_matches_torch(dtype, options):
     tolerance = dict(rtol=2e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=8e-3, atol=1e-3)
     torch.testing.assert_close(ours.double(), expected.detach().to(dtype).double(), **tolerance)
     torch.testing.assert_close(ours_x.grad.double(), torch_x.grad.to(dtype).double(), **tolerance)
+
+
+# --- the lean entry (cpu_rows.c's `lean`) through the public call: the fast lane of small classifiers ---------
+
+
+def _lean_inputs(shape, layout, dtype, seed=5):
+    """Logits of `shape` in a layout the lean entry reads in place, and class indices (a target holding
+    the max in row 0, so that its loss is log1p(rest))."""
+    g = torch.Generator().manual_seed(seed)
+    if layout == "transposed":  # classes strided, rows next to each other
+        logits = (torch.randn(shape[::-1], generator=g) * 5).to(dtype).t()
+    elif layout == "sliced":  # rows strided, classes contiguous
+        logits = (torch.randn(shape[0], shape[1] + 3, generator=g) * 5).to(dtype)[:, 2:-1]
+    elif layout == "expanded":  # every row the same memory (row stride 0)
+        logits = (torch.randn(1, shape[1], generator=g) * 5).to(dtype).expand(shape)
+    else:
+        logits = (torch.randn(shape, generator=g) * 5).to(dtype)
+    class_dim = 0 if logits.dim() == 1 else 1
+    batch = logits.shape[:class_dim] + logits.shape[class_dim + 1:]
+    target = torch.randint(0, logits.shape[class_dim], batch, generator=g)
+    if logits.dim() >= 2:
+        target.view(-1)[0] = int(logits.movedim(class_dim, -1).reshape(-1, logits.shape[class_dim])[0].argmax())
+    return logits, target
+
+
+@pytest.fixture
+def fast_lane_taken(monkeypatch):
+    """A list that records, call by call, whether cross_entropy's fast lane computed the result."""
+    from softxent.ops.cross_entropy import torch as ce_torch
+
+    taken, real = [], ce_torch._fast_lane
+    monkeypatch.setattr(ce_torch, "_fast_lane", lambda *args: taken.append(real(*args)) or taken[-1])
+    return taken
+
+
+# (N, C) across rows (C <= 64: cpu_rows.c's ACROSS_MAX_CLASSES) in full and short tiles of 16, along rows
+# beyond; an unbatched (C,) row; a K-dimensional input
+LEAN_CASES = [((1, 10), "contiguous"), ((17, 10), "contiguous"), ((33, 64), "contiguous"),
+              ((16, 65), "contiguous"), ((5, 1000), "contiguous"), ((19, 10), "transposed"),
+              ((19, 10), "sliced"), ((40, 30), "sliced"), ((19, 10), "expanded"), ((10,), "contiguous"),
+              ((3, 5, 7, 9), "contiguous")]
+
+
+@pytest.mark.parametrize("options", [{}, {"reduction": "sum"}, {"reduction": "none"}, {"label_smoothing": 0.2},
+                                     {"z_loss": 1e-3, "temperature": 0.7}], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape, layout", LEAN_CASES, ids=str)
+def test_lean_calls_are_exact(shape, layout, dtype, options, fast_lane_taken):
+    """Loss and gradient (random upstream) of the fast lane against torch in float64: the loss within 2 ulp,
+    every gradient entry within 4 (rule 11); bfloat16 rounded once from float32."""
+    import softxent.torch as sxt
+
+    logits, target = _lean_inputs(shape, layout, dtype)
+    ours_x = logits.detach().requires_grad_()
+    ours = sxt.cross_entropy(ours_x, target, **options)
+    assert fast_lane_taken[0] is ours, "the call left the fast lane"
+    torch_options = {k: v for k, v in options.items() if k not in ("z_loss", "temperature")}
+    exact_x = logits.double().requires_grad_()
+    scaled = exact_x / options.get("temperature", 1.0)
+    exact = torch.nn.functional.cross_entropy(scaled, target, **torch_options)
+    if "z_loss" in options:
+        lse = torch.logsumexp(scaled, dim=0 if logits.dim() == 1 else 1)
+        exact = exact + options["z_loss"] * (lse * lse).mean()
+    upstream = torch.rand(ours.shape, generator=torch.Generator().manual_seed(3)) + 0.5
+    ours.backward(upstream.to(ours.dtype))
+    exact.backward(upstream.to(ours.dtype).double())
+    if dtype == torch.float32:
+        assert ulp_error(ours.detach().numpy(), exact.detach().numpy()).max() <= 2.0
+        assert ulp_error(ours_x.grad.numpy(), exact_x.grad.numpy()).max() <= 4.0
+    else:  # the loss rounded once from float32: within half a bfloat16 step of the exact value; the
+        # gradient once more by the backward's product with the upstream gradient, in bfloat16 as torch's
+        torch.testing.assert_close(ours.double(), exact.detach(), rtol=2 ** -8, atol=1e-6)
+        torch.testing.assert_close(ours_x.grad.double(), exact_x.grad, rtol=2 ** -7, atol=1e-6)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no grad", "grad"])
+def test_the_fast_lane_hands_back_what_the_kernel_declines(requires_grad, fast_lane_taken):
+    """A label out of range gets the general path's ValueError; ignored rows and a NaN row the general
+    path's results (the kernel wrote nothing it keeps)."""
+    import softxent.torch as sxt
+    from softxent.ops.cross_entropy import torch as ce_torch
+
+    logits, target = _lean_inputs((12, 10), "contiguous", torch.float32)
+    bad = target.clone()
+    bad[7] = 10
+    with pytest.raises(ValueError, match=r"10.*position|position.*10"):
+        sxt.cross_entropy(logits.clone().requires_grad_(requires_grad), bad)
+    ignored = target.clone()
+    ignored[::3] = -100
+    nan_row = logits.clone()
+    nan_row[4, 2] = math.nan
+    for x, t in ((logits, ignored), (nan_row, target)):
+        fast_lane_taken.clear()
+        ours_x = x.clone().requires_grad_(requires_grad)
+        ours = sxt.cross_entropy(ours_x, t, reduction="none")
+        assert fast_lane_taken == [None]
+        with row_kernel(torch_cpu, False):
+            general_x = x.clone().requires_grad_(requires_grad)
+            saved = ce_torch._compiled_lean
+            ce_torch._compiled_lean = lambda *args: False
+            try:
+                general = sxt.cross_entropy(general_x, t, reduction="none")
+            finally:
+                ce_torch._compiled_lean = saved
+        torch.testing.assert_close(ours, general, equal_nan=True, rtol=0, atol=0)
+        if requires_grad:
+            ours.nansum().backward()
+            general.nansum().backward()
+            torch.testing.assert_close(ours_x.grad, general_x.grad, equal_nan=True, rtol=0, atol=0)
+
+
+def test_the_fast_lane_keeps_double_and_second_backward(fast_lane_taken):
+    """create_graph through the fast lane: the second derivative of torch's own float64 loss; a second
+    backward through the same graph recomputes the gradient from the held logits."""
+    import softxent.torch as sxt
+
+    logits, target = _lean_inputs((6, 10), "contiguous", torch.float32)
+    x = logits.clone().requires_grad_()
+    (g,) = torch.autograd.grad(sxt.cross_entropy(x, target), x, create_graph=True)
+    assert fast_lane_taken[0] is not None
+    direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    (hv,) = torch.autograd.grad((g * direction).sum(), x)
+    x64 = logits.double().requires_grad_()
+    (g64,) = torch.autograd.grad(torch.nn.functional.cross_entropy(x64, target), x64, create_graph=True)
+    (hv64,) = torch.autograd.grad((g64 * direction.double()).sum(), x64)
+    torch.testing.assert_close(hv.double(), hv64, rtol=1e-5, atol=1e-7)
+    loss = sxt.cross_entropy(x, target)
+    (first,) = torch.autograd.grad(loss, x, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, x)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)

@@ -51,7 +51,7 @@ typedef struct {
     void *grad;                /* NULL: no gradient */
     int grad_dtype;
     int64_t grad_row_stride, grad_class_stride;
-    float *losses, *lse;
+    float *losses, *lse;       /* out, per row; either may be NULL (the lean entry's "mean" and "sum") */
     uint8_t *special;          /* out: 1 where the row is the caller's (max not finite, or a NaN) */
 } Problem;
 
@@ -125,6 +125,7 @@ static double weighted_shift_sum(const void *x, int dtype, int64_t n, int64_t st
  * scale e_j - smooth w_j off the target, and `value` on it. */
 typedef struct {
     double scale, smooth, value;
+    double loss;  /* the row's loss, unrounded: the lean entry sums them */
 } RowGradient;
 
 /* L = log sum_j e_j from the sums below the max and the ties at it (the target's own term left out):
@@ -152,9 +153,11 @@ static inline __attribute__((always_inline)) RowGradient finish_row(const Proble
         loss += u * (p->weight_sum * log_sum - shift_sum);
     if (p->z_loss != 0.0 && kept)
         loss += p->z_loss * row_lse * row_lse;
-    p->losses[r] = (float)loss;
-    p->lse[r] = (float)row_lse;
-    RowGradient out = {0.0, 0.0, 0.0};
+    if (p->losses != NULL)
+        p->losses[r] = (float)loss;
+    if (p->lse != NULL)
+        p->lse[r] = (float)row_lse;
+    RowGradient out = {0.0, 0.0, 0.0, loss};
     if (p->grad == NULL)
         return out;
     /* the target's entry as s_r ((A - a_t + 2 zl lse) e_t - a_t rest) / s, never 1 - p_t */
@@ -173,11 +176,13 @@ static inline __attribute__((always_inline)) RowGradient finish_row(const Proble
     return out;
 }
 
-/* Rows one at a time, their classes contiguous (vectorized along the row) or strided. */
-static inline __attribute__((always_inline)) void rows_along(const Problem *p, int64_t start, int64_t stop,
-                                                            double *scratch) {
+/* Rows one at a time, their classes contiguous (vectorized along the row) or strided; the sum of their
+ * losses (special rows left out). */
+static inline __attribute__((always_inline)) double rows_along(const Problem *p, int64_t start, int64_t stop,
+                                                              double *scratch) {
     const int64_t n = p->num_classes, xs = p->x_class_stride;
     const int divide = p->temperature != 1.0;
+    double loss_sum = 0.0;
     for (int64_t r = start; r < stop; r++) {
         const char *x = x_row(p, r);
         int has_nan;
@@ -190,27 +195,25 @@ static inline __attribute__((always_inline)) void rows_along(const Problem *p, i
         const double m = m32;
         const int64_t t = p->labels[r];
 
-        /* 2. the exps, the target's own apart: rest = sum_{j != t} e_j never loses a tiny sum to 1 */
-        Sums left, right;
-        if (divide) {
-            left = exps(x, p->x_dtype, 0, t, xs, m, 1, 1.0 / p->temperature, scratch);
-            right = exps(x, p->x_dtype, t + 1, n, xs, m, 1, 1.0 / p->temperature, scratch);
-        } else {
-            left = exps(x, p->x_dtype, 0, t, xs, m, 0, 1.0, scratch);
-            right = exps(x, p->x_dtype, t + 1, n, xs, m, 0, 1.0, scratch);
-        }
+        /* 2. the exps in one loop over the row (two, split at the target, left long scalar remainders at
+         * a hundred classes); then the target's own term out of its part: at the max it is one of the
+         * ties (an exact count), below it the rest holds the max's 1, so rest = sum_{j != t} e_j never
+         * loses a tiny sum to 1 and the subtraction costs at most an ulp of rest */
+        Sums all = divide ? exps(x, p->x_dtype, 0, n, xs, m, 1, 1.0 / p->temperature, scratch)
+                          : exps(x, p->x_dtype, 0, n, xs, m, 0, 1.0, scratch);
+        const double target_e = scratch[t];  /* the loop's own value: the subtraction below leaves no residue */
         double target_d = (double)load(x, p->x_dtype, t * xs) - m;
         if (divide)
-            target_d /= p->temperature;
-        const double target_e = exp_nonpositive(target_d);
-        scratch[t] = target_e;
+            target_d *= 1.0 / p->temperature;  /* as the loop scales it */
         const double shift_sum =
             p->smoothing ? weighted_shift_sum(x, p->x_dtype, n, xs, m, p->temperature, p->weight) : 0.0;
 
         /* 3. the loss, and the gradient written once */
-        const double below = left.below + right.below, ties = left.ties + right.ties;
+        const double below = target_d < 0.0 ? all.below - target_e : all.below;
+        const double ties = target_d < 0.0 ? all.ties : all.ties - 1.0;
         RowGradient rg = finish_row(p, r, m, below, ties, target_d, target_e,
                                     log_sum_of(below, ties, target_d, target_e), shift_sum);
+        loss_sum += rg.loss;
         if (p->grad == NULL)
             continue;
         char *g = grad_row(p, r);
@@ -233,17 +236,24 @@ static inline __attribute__((always_inline)) void rows_along(const Problem *p, i
         }
         store(g, p->grad_dtype, t * gs, rg.value);
     }
+    return loss_sum;
 }
 
-/* Rows whose classes are strided and which lie next to each other (a K-dimensional input's: class j of
- * rows r.. r + TILE is contiguous), TILE at a time, vectorized across the rows: the same three steps. */
+/* Rows TILE at a time, vectorized across the rows: the same three steps. Either a K-dimensional input's
+ * rows, whose classes are strided and which lie next to each other (class j of rows r.. r + TILE is
+ * contiguous), or (`strided`) short rows of (N, C) logits, read across with the row stride: along such a
+ * row the vector loops would be all remainder, at a hundred nanoseconds a row of 10. */
 enum { TILE = 16 };
 
-/* `dtype` and `smoothing` are constants at each call (the function is inlined): loops without branches */
-static inline __attribute__((always_inline)) void rows_across(const Problem *p, int64_t start, int64_t stop,
-                                                             double *scratch, const int dtype, const int smoothing) {
+/* `dtype`, `smoothing` and `strided` are constants at each call (the function is inlined): loops without
+ * branches, and the K-dimensional one's row stride a constant 1 */
+static inline __attribute__((always_inline)) double rows_across(const Problem *p, int64_t start, int64_t stop,
+                                                               double *scratch, const int dtype, const int smoothing,
+                                                               const int strided) {
     const int64_t n = p->num_classes, xs = p->x_class_stride, gs = p->grad_class_stride;
+    const int64_t rs = strided ? p->x_row_stride : 1, grs = strided ? p->grad_row_stride : 1;
     const double inverse_temperature = 1.0 / p->temperature;
+    double loss_sum = 0.0;
     for (int64_t r0 = start; r0 < stop;) {
         /* a tile never crosses a sample: its rows are one stride-1 run */
         const int64_t in_sample = p->rows_per_sample - r0 % p->rows_per_sample;
@@ -259,7 +269,7 @@ static inline __attribute__((always_inline)) void rows_across(const Problem *p, 
         /* 1. the maxima, class by class */
 #define MAX_TERM                                   \
     {                                              \
-        float v = load(column, dtype, r);          \
+        float v = load(column, dtype, r * rs);     \
         m[r] = v > m[r] ? v : m[r];                \
         nan[r] = v != v ? 1.0f : nan[r];           \
     }
@@ -278,7 +288,7 @@ static inline __attribute__((always_inline)) void rows_across(const Problem *p, 
         for (int r = 0; r < count; r++)
             special |= nan[r] != 0.0f || !isfinite(m[r]);
         if (special) {  /* the caller's rows among them: the row-at-a-time path flags them, writes the rest */
-            rows_along(p, r0, r0 + count, scratch);
+            loss_sum += rows_along(p, r0, r0 + count, scratch);
             r0 += count;
             continue;
         }
@@ -292,7 +302,7 @@ static inline __attribute__((always_inline)) void rows_across(const Problem *p, 
             const double w = p->weight == NULL ? 1.0 : p->weight[j];
 #pragma omp simd
             for (int r = 0; r < count; r++) {
-                double d = ((double)load(column, dtype, r) - (double)m[r]) * inverse_temperature;
+                double d = ((double)load(column, dtype, r * rs) - (double)m[r]) * inverse_temperature;
                 double e = exp_nonpositive(d);
                 scratch[j * TILE + r] = e;
                 int other = j != labels[r];
@@ -305,7 +315,7 @@ static inline __attribute__((always_inline)) void rows_across(const Problem *p, 
         /* 3. per row: the loss, and what its gradient needs */
         double target_d[TILE], target_e[TILE], log_sum[TILE];
         for (int r = 0; r < count; r++)
-            target_d[r] = ((double)load(x + labels[r] * xs * size, dtype, r) - (double)m[r]) / p->temperature;
+            target_d[r] = ((double)load(x + labels[r] * xs * size, dtype, r * rs) - (double)m[r]) / p->temperature;
 #pragma omp simd
         for (int r = 0; r < count; r++) {  /* vectorized too: at 21 classes a row's own work is a third */
             target_e[r] = exp_nonpositive(target_d[r]);
@@ -317,6 +327,7 @@ static inline __attribute__((always_inline)) void rows_across(const Problem *p, 
             p->special[r0 + r] = 0;
             rg[r] = finish_row(p, r0 + r, m[r], below[r], ties[r], target_d[r], target_e[r], log_sum[r],
                                shift_sum[r]);
+            loss_sum += rg[r].loss;
         }
         if (p->grad != NULL) {
             char *g = grad_row(p, r0);
@@ -332,29 +343,47 @@ static inline __attribute__((always_inline)) void rows_across(const Problem *p, 
 #pragma omp simd
                 for (int r = 0; r < count; r++) {
                     double out = j == labels[r] ? value[r] : scale[r] * scratch[j * TILE + r] - smooth[r] * w;
-                    store(column, p->grad_dtype, r, out);
+                    store(column, p->grad_dtype, r * grs, out);
                 }
             }
         }
         r0 += count;
     }
+    return loss_sum;
 }
 
-/* a K-dimensional input's rows (classes strided, rows next to each other, the gradient alike) go
- * vectorized across rows; all else along each row */
+/* Rows of at most this many classes, each contiguous, go across rows too (`rows_across`, strided) */
+enum { ACROSS_MAX_CLASSES = 64 };
+
+/* 0: along each row; 1: across rows next to each other (a K-dimensional input's: classes strided, rows
+ * next to each other, the gradient alike); 2: across short contiguous rows (strided) */
 static int goes_across(const Problem *p) {
-    return p->x_class_stride != 1 && p->x_row_stride == 1 && (p->grad == NULL || p->grad_row_stride == 1);
+    if (p->x_class_stride != 1 && p->x_row_stride == 1 && (p->grad == NULL || p->grad_row_stride == 1))
+        return 1;
+    if (p->num_classes <= ACROSS_MAX_CLASSES && p->x_class_stride == 1 && (p->grad == NULL || p->grad_class_stride == 1))
+        return 2;
+    return 0;
 }
 
+/* rows [start, stop); the sum of their losses, unrounded (special rows left out) */
 VECTOR_CLONES
-static void cross_entropy_rows(const Problem *p, int64_t start, int64_t stop, double *scratch) {
-    if (goes_across(p)) {
+static double cross_entropy_rows(const Problem *p, int64_t start, int64_t stop, double *scratch) {
+    const int across = goes_across(p);
+    if (across == 1) {
         if (p->x_dtype == F32)
-            p->smoothing ? rows_across(p, start, stop, scratch, F32, 1) : rows_across(p, start, stop, scratch, F32, 0);
-        else
-            p->smoothing ? rows_across(p, start, stop, scratch, BF16, 1) : rows_across(p, start, stop, scratch, BF16, 0);
-    } else
-        rows_along(p, start, stop, scratch);
+            return p->smoothing ? rows_across(p, start, stop, scratch, F32, 1, 0)
+                                : rows_across(p, start, stop, scratch, F32, 0, 0);
+        return p->smoothing ? rows_across(p, start, stop, scratch, BF16, 1, 0)
+                            : rows_across(p, start, stop, scratch, BF16, 0, 0);
+    }
+    if (across == 2) {
+        if (p->x_dtype == F32)
+            return p->smoothing ? rows_across(p, start, stop, scratch, F32, 1, 1)
+                                : rows_across(p, start, stop, scratch, F32, 0, 1);
+        return p->smoothing ? rows_across(p, start, stop, scratch, BF16, 1, 1)
+                            : rows_across(p, start, stop, scratch, BF16, 0, 1);
+    }
+    return rows_along(p, start, stop, scratch);
 }
 
 static const char rows_doc[] =
@@ -409,8 +438,82 @@ static PyObject *rows(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(flagged);
 }
 
+static const char lean_doc[] =
+    "lean(x, x_dtype, num_rows, num_classes, x_row_stride, x_class_stride, rows_per_sample, x_sample_stride,\n"
+    "     labels, ignore_index, target_coef, uniform_coef, total_coef, z_loss, temperature, smoothing,\n"
+    "     row_scale, grad, grad_sample_stride, grad_row_stride, grad_class_stride, losses, lse, start, stop)\n"
+    "     -> float or None\n\n"
+    "Rows [start, stop) of the lean problem: raw labels (int64), every row with the same coefficients a_t,\n"
+    "u, A and gradient factor s_r (row_scale), no class weights, the gradient in x's dtype (grad 0: none),\n"
+    "losses and lse per row only where their addresses are given. Returns the sum of the rows' losses,\n"
+    "unrounded, or None, having written nothing, when a label is outside [0, C) or equal to ignore_index,\n"
+    "and, having written part, when a row's max is not finite or it holds a NaN: the caller's general path\n"
+    "decides those calls. Releases the GIL.";
+
+/* The lean problem (`torch_cpu.lean_rows`): what a training step's common call needs, checks included,
+ * with no per-row coefficient arrays and no per-row outputs unless asked for. */
+static PyObject *lean(PyObject *self, PyObject *args) {
+    (void)self;
+    Problem p;
+    unsigned long long x, labels, grad, losses, lse;
+    long long ignore_index, start, stop;
+    double target_coef, uniform_coef, total_coef, row_scale;
+    if (!PyArg_ParseTuple(args, "KiLLLLLLKLdddddidKLLLKKLL", &x, &p.x_dtype, &p.num_rows, &p.num_classes,
+                          &p.x_row_stride, &p.x_class_stride, &p.rows_per_sample, &p.x_sample_stride, &labels,
+                          &ignore_index, &target_coef, &uniform_coef, &total_coef, &p.z_loss, &p.temperature,
+                          &p.smoothing, &row_scale, &grad, &p.grad_sample_stride, &p.grad_row_stride,
+                          &p.grad_class_stride, &losses, &lse, &start, &stop))
+        return NULL;
+    if (start < 0 || stop > p.num_rows || start > stop || p.num_classes <= 0 || p.rows_per_sample <= 0
+        || (p.x_dtype != F32 && p.x_dtype != BF16)) {
+        PyErr_SetString(PyExc_ValueError, "lean: a bad problem (rows, classes or dtype out of range)");
+        return NULL;
+    }
+    p.labels = (const int64_t *)(uintptr_t)labels;
+    for (long long r = start; r < stop; r++) {  /* the values check: a label the lean problem cannot hold */
+        const int64_t t = p.labels[r];
+        if (t < 0 || t >= p.num_classes || t == ignore_index)
+            Py_RETURN_NONE;
+    }
+    const uint8_t kept = 1;
+    p.x = (const void *)(uintptr_t)x;
+    p.kept = &kept;
+    p.target_coef = &target_coef;
+    p.uniform_coef = &uniform_coef;
+    p.total_coef = &total_coef;
+    p.row_scale = &row_scale;
+    p.coef_stride = 0;
+    p.weight = NULL;
+    p.weight_sum = (double)p.num_classes;
+    p.grad = (void *)(uintptr_t)grad;
+    p.grad_dtype = p.x_dtype;
+    p.losses = (float *)(uintptr_t)losses;
+    p.lse = (float *)(uintptr_t)lse;
+    double *scratch = malloc((size_t)p.num_classes * (goes_across(&p) ? TILE : 1) * sizeof(double));
+    uint8_t *special = malloc((size_t)(stop - start) + 1);
+    if (scratch == NULL || special == NULL) {
+        free(scratch);
+        free(special);
+        return PyErr_NoMemory();
+    }
+    p.special = special - start;  /* indexed by row */
+    double loss_sum;
+    Py_BEGIN_ALLOW_THREADS
+    loss_sum = cross_entropy_rows(&p, start, stop, scratch);
+    Py_END_ALLOW_THREADS
+    free(scratch);
+    int flagged = 0;
+    for (long long r = 0; r < stop - start; r++)
+        flagged |= special[r];
+    free(special);
+    if (flagged)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble(loss_sum);
+}
+
 static PyMethodDef methods[] = {
     {"rows", rows, METH_VARARGS, rows_doc},
+    {"lean", lean, METH_VARARGS, lean_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -120,6 +120,11 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
         Higham 2021, "Accurately computing the log-sum-exp and softmax functions"; Wijmans et al. 2024,
         "Cut your losses in large-vocabulary language models" (gradients in the forward pass).
     """
+    if (weight is None and size_average is None and reduce is None and softcap is None and num_items is None
+            and not return_lse and not inplace_grad):
+        loss = _fast_lane(input, target, ignore_index, reduction, label_smoothing, z_loss, temperature)
+        if loss is not None:
+            return loss
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce)
     options = _loss_options(weight, ignore_index, reduction, label_smoothing, z_loss, softcap, temperature)
@@ -159,6 +164,81 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     return (loss, lse) if return_lse else loss
 
 
+_FAST_DTYPES = (torch.float32, torch.bfloat16)  # the compiled kernel's
+
+
+def _fast_lane(input, target, ignore_index, reduction, label_smoothing, z_loss, temperature):
+    """The loss of the commonest call, or None for the general path: eager, on the CPU, float32 or
+    bfloat16 (N, C), (C,) or contiguous (N, C, d...) logits, int64 class indices, no class weights, no
+    softcap. The compiled kernel's lean problem (`_lean_compiled`) runs it after a few attribute reads,
+    its labels checked in the kernel (a label out of range or ignored, or a special row, and the general
+    path decides, its errors included): at a 32 x 10 classifier the general path's checks and
+    bookkeeping cost several times the kernel. Same results, to the bit, as the general path's choice."""
+    if (torch.compiler.is_compiling() or type(input) is not torch.Tensor or type(target) is not torch.Tensor
+            or torch._C._are_functorch_transforms_active()):
+        return None
+    if not (input.is_cpu and input.dtype in _FAST_DTYPES and target.dtype == torch.int64
+            and input.layout == torch.strided and not torch.is_autocast_enabled("cpu")):
+        return None
+    dim = input.dim()
+    if dim == 2:
+        if target.dim() != 1 or target.shape[0] != input.shape[0]:
+            return None
+    elif dim == 1:
+        if target.dim() != 0:
+            return None
+    elif dim == 0 or not input.is_contiguous() or target.shape != input.shape[:1] + input.shape[2:]:
+        return None
+    if input.shape[_class_dim(input)] == 0 or target.numel() == 0:
+        return None
+    options = _loss_options(None, ignore_index, reduction, label_smoothing, z_loss, None, temperature)
+    if not _compiled_lean(input, options):
+        return None
+    if input.requires_grad and torch.is_grad_enabled():
+        try:
+            return _apply_function(_LeanFunction, input, target, options)
+        except _Declined:
+            return None
+    result = _lean_compiled(input, target, options, _FAST_CALL)
+    return None if result is None else result[0]
+
+
+class _Declined(Exception):
+    """The lean kernel declined a call (a label out of range or ignored, a special row): the general path
+    decides it."""
+
+
+class _LeanFunction(torch.autograd.Function):
+    """`_fast_lane`'s autograd, the least bookkeeping a Function can have: one output (the loss), the
+    gradient from the kernel kept on ctx, the backward its scaling (`cross_entropy_backward`), handing the
+    buffer to autograd. A double backward (create_graph) and a second backward through the same graph
+    take `_CrossEntropyFunction`'s way: the gradient from differentiable ops, or recomputed from the
+    logits, held until then."""
+
+    @staticmethod
+    def forward(ctx, input, target, options: LossOptions):
+        result = _lean_compiled(input, target, options, _FAST_CALL_GRAD)
+        if result is None:
+            raise _Declined
+        loss, _, ctx.grad = result
+        ctx.input, ctx.input_version, ctx.target, ctx.options = input, input._version, target, options
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad, ctx.grad = ctx.grad, None  # hand over: autograd may keep this very buffer as .grad
+        class_dim = _class_dim(ctx.input)
+        if grad is None or torch.is_grad_enabled():
+            input, call = _alive_input(ctx), _FAST_CALL_GRAD
+            if grad is None:
+                ctx.call = call
+                grad = _recompute_grad(ctx, input, ctx.target)
+            if torch.is_grad_enabled():
+                return _differentiable_grad(_need(input, call, "the second derivative"), ctx.target, ctx.options,
+                                            call, grad_loss, grad), None, None
+        return cross_entropy_backward(grad, grad_loss, class_dim), None, None
+
+
 _OPTIONS: dict[tuple, LossOptions] = {}  # validated options without class weights, by their scalars
 _PLAIN = (int, float, str, type(None))  # option types whose value alone decides (no bool, no tensor; an int
 # ignore_index, so that -100.0, equal to -100 as a key, is still refused)
@@ -169,8 +249,10 @@ def _loss_options(weight, ignore_index, reduction, label_smoothing, z_loss, soft
     same ones every step: its validation then costs a dict lookup, not microseconds)."""
     key = (ignore_index, reduction, label_smoothing, z_loss, softcap, temperature)
     # not while compiling: dynamo would guard on the dict's contents, and its first insertion recompile
-    if (weight is None and not torch.compiler.is_compiling() and type(ignore_index) is int
-            and all(type(value) in _PLAIN for value in key)):
+    plain = _PLAIN  # spelled out, not all(... for ...): a generator costs a microsecond of a small call's ten
+    if (weight is None and type(ignore_index) is int and type(reduction) is str and type(label_smoothing) in plain
+            and type(z_loss) in plain and type(softcap) in plain and type(temperature) in plain
+            and not torch.compiler.is_compiling()):
         options = _OPTIONS.get(key)
         if options is None:
             options = LossOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
@@ -280,6 +362,10 @@ class _Call:
         return self.return_lse and self.want_grad and not self.inplace
 
 
+_FAST_CALL = _Call(want_grad=False, inplace=False, check=True, path=LEAN)  # `_fast_lane`'s two calls
+_FAST_CALL_GRAD = _Call(want_grad=True, inplace=False, check=True, path=LEAN)
+
+
 def _choose_path(input: torch.Tensor, inplace: bool) -> tuple[str, bool]:
     """(path, robust): compiled -> the custom op; torch.func transforms -> composite, branch-free;
     eager -> composite when small (and not on the Triton backend), else the custom op."""
@@ -343,9 +429,14 @@ def cross_entropy_forward(input: torch.Tensor, target: torch.Tensor, options: Lo
     if call.path == LEAN and not call.robust and _compiled_lean(input, options):
         result = _lean_compiled(input, target, options, call)
         if result is not None:
-            return result
-        # a fully masked, +inf or NaN row: the general path decides
-        call = replace(call, path=COMPOSITE if input.numel() <= SMALL_MAX_ELEMENTS else FUSED)
+            loss, lse, grad = result
+            return loss, input.new_empty(0) if lse is None else lse, input.new_empty(0) if grad is None else grad
+        # a label out of range or ignored, or a fully masked, +inf or NaN row: the general path decides,
+        # the composite one after the value check that the fused op does inside
+        small = input.numel() <= SMALL_MAX_ELEMENTS
+        call = replace(call, path=COMPOSITE if small else FUSED)
+        if small and call.check:
+            _backend.check_values(target, options.weight, input.shape[_class_dim(input)], options.ignore_index, input)
     if call.path in (LEAN, COMPOSITE) and not call.robust:
         return _small(_small_forward, input, target, options, call)
     return _forward(input, target, options, call)
@@ -533,7 +624,9 @@ def _is_lean(input, target, options: LossOptions, num_items, check: bool, compil
     coefficients are then still the same, and "mean" still divides by N."""
     if target.dtype.is_floating_point or target.numel() == 0 or num_items is not None:
         return False
-    if not compiled and (options.label_smoothing or options.z_loss or options.transforms_logits):
+    if compiled:
+        return True  # the kernel checks the labels itself (a bad or ignored one: the general path decides)
+    if options.label_smoothing or options.z_loss or options.transforms_logits:
         return False
     if options.weight is not None and check:
         spec.check_weight(xp, options.weight, input.shape[_class_dim(input)])
@@ -591,25 +684,32 @@ def _compiled_lean(input: torch.Tensor, options: LossOptions) -> bool:
 
 
 def _lean_compiled(input, target, options: LossOptions, call: _Call):
-    """(loss, lse, grad) of a lean call as `_lean`, in one sweep of the compiled kernel (`torch_cpu.lean_rows`),
-    any size (one span of rows per core when large); None when a row is fully masked, +inf or NaN."""
+    """(loss, lse or None, grad or None) of a call on the compiled kernel's lean problem (`torch_cpu.lean_rows`: int64 labels
+    all in [0, C), none ignored, no class weights), any size (one span of rows per core when large); None
+    when a label is not that, or a row is fully masked, +inf or NaN: the general path decides those.
+    "mean" and "sum" come from the kernel's float64 sum of the unrounded losses, rounded once."""
     unbatched = input.dim() == 1
     x = input.unsqueeze(0) if unbatched else input
-    labels = target.unsqueeze(0) if unbatched else target
-    if labels.dtype != torch.int64:
+    labels = target if target.dim() == 1 else target.reshape(-1)  # a row's label each, (N, d...) flat
+    if labels.dtype != torch.int64:  # any integer dtype holds class indices; the kernel reads int64
         labels = labels.long()
-    labels = labels.reshape(-1).contiguous()  # a row's label each, (N, d...) flat for a K-dim input
-    scale = 1.0 / labels.numel() if options.reduction == "mean" else 1.0  # the "mean" over the rows, all kept
-    result = torch_cpu.lean_rows(x, labels, options, scale, call.want_grad)
+    if not labels.is_contiguous():
+        labels = labels.contiguous()
+    reduction = options.reduction
+    scale = 1.0 / labels.numel() if reduction == "mean" else 1.0  # the "mean" over the rows, all kept
+    result = torch_cpu.lean_rows(x, labels, options, scale, call.want_grad, per_row=reduction == "none",
+                                 want_lse=call.return_lse)
     if result is None:
         return None
-    losses, lse, grad = result
-    loss, _ = _lean_reduce(losses, None, options.reduction, target.shape)
-    loss = loss.to(input.dtype)
-    lse = lse.view(target.shape).to(input.dtype) if call.return_lse else loss.new_empty(0)
-    if grad is None:
-        return loss, lse, input.new_empty(0)
-    return loss, lse, grad.squeeze(0) if unbatched else grad
+    if reduction == "none":
+        loss = result.losses.view(target.shape).to(input.dtype)
+    else:
+        value = result.loss_sum * scale
+        # scalar_tensor, the cheapest 0-d tensor, raises beyond float32's range, where torch.tensor gives inf
+        loss = torch.scalar_tensor(value, dtype=input.dtype) if abs(value) < 3e38 else torch.tensor(value, dtype=input.dtype)
+    lse = result.lse.view(target.shape).to(input.dtype) if call.return_lse else None
+    grad = result.grad
+    return loss, lse, grad.squeeze(0) if unbatched and grad is not None else grad
 
 
 def _lean_native(input, target, options: LossOptions):

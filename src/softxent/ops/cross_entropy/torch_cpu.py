@@ -28,6 +28,7 @@ run one span of rows per core (`softxent._torch.threads.for_row_spans`) on eithe
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -150,32 +151,76 @@ def compiled_kernel_takes(logits: torch.Tensor, options: LossOptions) -> bool:
             and options.softcap is None)
 
 
-_SHARED_COEFFICIENTS: dict = {}  # (options, C) -> the spec's coefficients of a kept row without class weights
+_LEAN_SCALARS: dict = {}  # (options, C) -> the lean problem's scalar arguments (`_lean_scalars`)
 
 
-def lean_rows(logits, labels, options: LossOptions, grad_scale: float, want_grad: bool):
-    """(losses, lse, grad or None) of (N, C) logits, or a contiguous (N, C, d...) input, whose labels (one
-    per row, flat) are all in [0, C) and none ignored, with no class weights (the lean path's problem):
-    every row then has the same coefficients, which the spec gives once (cached) and the kernel reads
-    with stride 0. None if a row is special (a max that is not finite, a NaN): the caller's general path
-    decides those."""
-    num_rows, num_classes = labels.numel(), logits.shape[1]
+def _lean_scalars(options: LossOptions, num_classes: int) -> tuple:
+    """(ignore_index, a_t, u, A, z_loss, T, smoothing, 1 / T): what cpu_rows.c's `lean` reads of the options,
+    the coefficients of a kept row without class weights from the spec, once per (options, C)."""
     key = (options, num_classes)
-    coefficients = _SHARED_COEFFICIENTS.get(key)
-    if coefficients is None:
-        coefficients = spec.index_coefficients(xp, labels[:1], None, options, num_classes, torch.float64)
-        if len(_SHARED_COEFFICIENTS) < 64:
-            _SHARED_COEFFICIENTS[key] = coefficients
-    losses = torch.empty(num_rows, dtype=torch.float32)
-    lse = torch.empty(num_rows, dtype=torch.float32)
-    grad = memory.empty(logits.shape, dtype=logits.dtype, device=logits.device) if want_grad else None
-    row_scale = torch.full((1,), grad_scale / options.temperature, dtype=torch.float64) if want_grad else None
-    # the labels themselves are safe (all in [0, C)): the kernel reads them, the coefficients' row is one
-    coefficients = spec.IndexCoefficients(coefficients.kept, labels, coefficients.target, coefficients.uniform,
-                                          coefficients.total)
-    if _run_compiled(logits, coefficients, row_scale, 0, None, options, grad, losses, lse) is not None:
-        return None
-    return losses, lse, grad
+    scalars = _LEAN_SCALARS.get(key)
+    if scalars is None:
+        row = spec.index_coefficients(xp, torch.zeros(1, dtype=torch.int64), None, options, num_classes,
+                                      torch.float64)
+        scalars = (options.ignore_index, float(row.target[0]), float(row.uniform[0]), float(row.total[0]),
+                   float(options.z_loss), float(options.temperature), int(bool(options.label_smoothing)),
+                   1.0 / options.temperature)
+        if len(_LEAN_SCALARS) < 64:
+            _LEAN_SCALARS[key] = scalars
+    return scalars
+
+
+class LeanRows(NamedTuple):
+    """What `lean_rows` computed: the sum of the rows' losses (unrounded: float64), and per row only what
+    was asked for."""
+
+    loss_sum: float
+    grad: torch.Tensor | None  # the logits' shape and dtype
+    losses: torch.Tensor | None = None  # float32, one per row
+    lse: torch.Tensor | None = None  # float32, one per row
+
+
+def lean_rows(logits, labels, options: LossOptions, grad_scale: float, want_grad: bool, *,
+              per_row: bool = False, want_lse: bool = False) -> LeanRows | None:
+    """The lean problem in the compiled kernel: (N, C) logits, or a contiguous (N, C, d...) input, with
+    contiguous int64 labels (one per row, flat) and no class weights, so that every row has the same
+    coefficients (the spec gives them once, cached). The kernel checks the labels itself; None when one
+    is outside [0, C) or ignored, or when a row is special (a max that is not finite, a NaN): the
+    caller's general path decides those calls. `per_row`: the rows' losses too ("none"), `want_lse`:
+    their log-sum-exps. Every small call (the training loop of a small classifier) passes here: each
+    line costs a measurable share of it."""
+    num_rows, num_classes = labels.numel(), logits.shape[1]
+    ignore_index, target_coef, uniform_coef, total_coef, z_loss, temperature, smoothing, inverse_temperature = \
+        _LEAN_SCALARS.get((options, num_classes)) or _lean_scalars(options, num_classes)
+    if logits.dim() == 2:
+        row_stride, class_stride = logits.stride()
+        layout = (num_rows, num_classes, row_stride, class_stride, num_rows, 0)
+    else:
+        layout = _layout(logits)
+    grad, grad_address, grad_strides = None, 0, (0, 0, 0)
+    if want_grad:
+        # contiguous (N, C), or a K-dim input's own layout (it is contiguous there)
+        grad = memory.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        grad_address = grad.data_ptr()
+        grad_strides = (0, num_classes, 1) if logits.dim() == 2 else (layout[5], layout[2], layout[3])
+    losses = torch.empty(num_rows, dtype=torch.float32) if per_row else None
+    lse = torch.empty(num_rows, dtype=torch.float32) if want_lse else None
+    arguments = (
+        logits.data_ptr(), _COMPILED_DTYPES[logits.dtype], *layout, labels.data_ptr(), ignore_index, target_coef,
+        uniform_coef, total_coef, z_loss, temperature, smoothing, grad_scale * inverse_temperature, grad_address,
+        *grad_strides, 0 if losses is None else losses.data_ptr(), 0 if lse is None else lse.data_ptr())
+    if num_rows * num_classes <= COMPILED_SPAN_ELEMENTS:  # one span, here: no hand-off
+        loss_sum = _cpu_rows.lean(*arguments, 0, num_rows)
+        if loss_sum is None:
+            return None
+    else:
+        sums = []
+        for_row_spans(num_rows, num_classes, lambda start, stop: sums.append(_cpu_rows.lean(*arguments, start, stop)),
+                      span_elements=COMPILED_SPAN_ELEMENTS, torch_ops=False)
+        if None in sums:
+            return None
+        loss_sum = math.fsum(sums)
+    return LeanRows(loss_sum, grad, losses, lse)
 
 
 # Below this many logits a span of rows is not worth a worker thread of its own: the kernel takes about a
