@@ -76,7 +76,8 @@ static inline char *grad_row(const Problem *p, int64_t r) {
         if (scaled)                            \
             d *= inverse_temperature;          \
         double e = exp_nonpositive(d);         \
-        scratch[j] = e;                        \
+        if (store)                             \
+            scratch[j] = e;                    \
         below += d < 0.0 ? e : 0.0;            \
         ties += d == 0.0 ? 1.0 : 0.0;          \
     }
@@ -85,11 +86,12 @@ typedef struct {
     double below, ties;
 } Sums;
 
-/* `scaled` is a constant at each call (the function is inlined), so that the loop without a temperature
- * has no multiply and no blend; with one, d (x - m) / T is d times 1/T, a float64 rounding (1e-16) apart */
+/* `scaled` and `store` are constants at each call (the function is inlined), so that the loop without a
+ * temperature has no multiply and no blend (with one, d (x - m) / T is d times 1/T, a float64 rounding
+ * (1e-16) apart), and the forward alone writes no scratch (the exps are then only summed) */
 static inline __attribute__((always_inline)) Sums exps(const void *x, int dtype, int64_t lo, int64_t hi, int64_t stride,
                                                       double m, const int scaled, double inverse_temperature,
-                                                      double *scratch) {
+                                                      double *scratch, const int store) {
     double below = 0.0, ties = 0.0;
     if (stride == 1 && dtype == F32) {
         const float *row = x;
@@ -199,12 +201,16 @@ static inline __attribute__((always_inline)) double rows_along(const Problem *p,
          * a hundred classes); then the target's own term out of its part: at the max it is one of the
          * ties (an exact count), below it the rest holds the max's 1, so rest = sum_{j != t} e_j never
          * loses a tiny sum to 1 and the subtraction costs at most an ulp of rest */
-        Sums all = divide ? exps(x, p->x_dtype, 0, n, xs, m, 1, 1.0 / p->temperature, scratch)
-                          : exps(x, p->x_dtype, 0, n, xs, m, 0, 1.0, scratch);
-        const double target_e = scratch[t];  /* the loop's own value: the subtraction below leaves no residue */
+        const int keep = p->grad != NULL;  /* the exps, kept in scratch for the gradient */
+        Sums all = divide ? (keep ? exps(x, p->x_dtype, 0, n, xs, m, 1, 1.0 / p->temperature, scratch, 1)
+                                  : exps(x, p->x_dtype, 0, n, xs, m, 1, 1.0 / p->temperature, scratch, 0))
+                          : (keep ? exps(x, p->x_dtype, 0, n, xs, m, 0, 1.0, scratch, 1)
+                                  : exps(x, p->x_dtype, 0, n, xs, m, 0, 1.0, scratch, 0));
         double target_d = (double)load(x, p->x_dtype, t * xs) - m;
         if (divide)
             target_d *= 1.0 / p->temperature;  /* as the loop scales it */
+        /* the loop's own value (the same d, the same exp): the subtraction below leaves no residue */
+        const double target_e = keep ? scratch[t] : exp_nonpositive(target_d);
         const double shift_sum =
             p->smoothing ? weighted_shift_sum(x, p->x_dtype, n, xs, m, p->temperature, p->weight) : 0.0;
 

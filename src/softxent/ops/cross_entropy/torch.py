@@ -3,7 +3,13 @@
 Layers, top to bottom: `cross_entropy` / `CrossEntropyLoss` (validation, torch's autocast policy, the
 path) -> `_CrossEntropyFunction` (autograd: setup_context, a generated vmap rule, a differentiable
 backward for double backward) -> `cross_entropy_forward` / `cross_entropy_backward` -> one of three paths,
-chosen by size and context, with the same results (rule 11 of docs/semantics.md on each):
+chosen by size and context, with the same results (rule 11 of docs/semantics.md on each).
+
+Before all of it, `_fast_lane` takes the commonest call (eager, CPU, float32 or bfloat16 logits, int64
+class indices, no class weights, no softcap) straight to the compiled kernel's lean problem
+(`_lean_compiled`, autograd by `_LeanFunction`): a small classifier's step is mostly fixed cost, and the
+general path's checks and bookkeeping were several times the kernel's work. Anything the kernel declines
+(a label out of range or ignored, a special row) goes the general way, its errors included.
 
 - lean (eager, at most `SMALL_MAX_ELEMENTS` logits, class indices all kept, at most class weights): torch's
   own float64 log_softmax and nll_loss, differentiated by torch's autograd, where that is exact
