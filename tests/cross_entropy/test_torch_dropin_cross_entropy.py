@@ -323,12 +323,16 @@ def test_module_state_dict_interchange():
 
 
 def test_first_call_imports_nothing_heavy():
-    """import softxent.torch and a first call (both paths) import no torch._dynamo (2.6 s before)."""
+    """import softxent.torch and a first call (both paths) import no torch._dynamo (2.6 s before), nor
+    the NumPy layer (softxent's names load on first use); `softxent.softmax` still loads it."""
     script = ("import sys, torch, softxent.torch as sxt\n"
               "x = torch.randn(8, 10, requires_grad=True)\n"
               "sxt.cross_entropy(x, torch.arange(8)).backward()\n"
               "y = torch.randn(512, 1000, requires_grad=True)\n"
               "sxt.cross_entropy(y, torch.randint(0, 1000, (512,))).backward()\n"
-              "print(sorted(m for m in sys.modules if m.startswith(('torch._dynamo', 'torch._inductor'))))\n")
+              "print(sorted(m for m in sys.modules if m.startswith(('torch._dynamo', 'torch._inductor'))\n"
+              "             or m.startswith('softxent.ops.') and m.endswith('.numpy')))\n"
+              "import softxent\n"
+              "print(softxent.softmax.__module__, 'softxent.ops.softmax.numpy' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    assert out.stdout.splitlines() == ["[]", "softxent.ops.softmax.numpy True"], out.stdout
