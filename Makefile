@@ -22,8 +22,12 @@ $(VENV)/.dev: $(PY) pyproject.toml requirements/constraints.txt
 demo: $(VENV)/.demo
 	$(VENV)/bin/softxent train
 
+# -n 2: one xdist worker per core of the 2-core CI machine; loadgroup keeps each xdist_group (a module with a
+# costly module-scoped fixture) on one worker. A plain `pytest` runs in one process, as before.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 $(VENV)/.bench: $(VENV)/.dev
 	$(PIP) -e '.[dev,bench]'

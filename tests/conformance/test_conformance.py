@@ -48,6 +48,10 @@ from ops_registry import FUSED_OPS, LAYERS, OPS, WORLD, supports
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
 
+# make test runs the suite on xdist workers (--dist loadgroup): this group keeps the module on one worker,
+# so its module-scoped spawn of gloo ranks (and the cache of exact answers) runs once, not once on each worker
+pytestmark = pytest.mark.xdist_group("test_conformance")
+
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_conformance_worker.py"
 HARD_TIMEOUT = 120.0  # seconds for a whole spawn: a hang fails the distributed tests instead of blocking

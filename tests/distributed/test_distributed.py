@@ -26,6 +26,10 @@ import softxent.torch as sxt
 from compare import assert_close, to_numpy
 from gloo_spawn import Spawn
 
+# make test runs the suite on xdist workers (--dist loadgroup): this group keeps the module on one worker,
+# so its module-scoped spawn of gloo ranks runs once, not once on each worker
+pytestmark = pytest.mark.xdist_group("test_distributed")
+
 WORKER = Path(__file__).resolve().parent.parent / "_distributed_worker.py"
 HARD_TIMEOUT = 60.0  # seconds for a whole spawn: a hang fails the test instead of blocking the suite
 VOCAB = 13

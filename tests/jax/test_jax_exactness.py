@@ -24,6 +24,10 @@ import softxent.jax as sxj
 from adversarial import cases
 from compare import ulp_error
 
+# make test runs the suite on xdist workers (--dist loadgroup): this group keeps the module on one worker,
+# so its module-scoped mpmath report runs once, not once on each worker
+pytestmark = pytest.mark.xdist_group("test_jax_exactness")
+
 WIDTH = 1024  # the longest short row is 1000 classes
 FTZ = ("subnormal-probability", "subnormal-probability-target")
 

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# make test runs the suite on xdist workers (--dist loadgroup): this group keeps the module on one worker,
+# so its module-scoped shard_map subprocess runs once, not once on each worker
+pytestmark = pytest.mark.xdist_group("test_jax_vocab_parallel")
+
 WORKER = Path(__file__).with_name("_jax_shard_worker.py")
 
 

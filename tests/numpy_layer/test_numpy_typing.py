@@ -15,6 +15,10 @@ import pytest
 
 mypy_api = pytest.importorskip("mypy.api", reason="mypy is not installed (it is in the dev extras)")
 
+# make test runs the suite on xdist workers (--dist loadgroup): this group keeps the module on one worker,
+# so its module-scoped mypy run runs once, not once on each worker
+pytestmark = pytest.mark.xdist_group("test_numpy_typing")
+
 SCRIPT = '''
 import numpy as np
 import softxent as sx

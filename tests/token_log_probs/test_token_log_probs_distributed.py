@@ -22,6 +22,10 @@ from compare import assert_close, ulp_error
 from gloo_spawn import Spawn
 from test_token_log_probs_numpy import exact_log_prob_and_entropy
 
+# make test runs the suite on xdist workers (--dist loadgroup): this group keeps the module on one worker,
+# so its module-scoped spawn of gloo ranks runs once, not once on each worker
+pytestmark = pytest.mark.xdist_group("test_token_log_probs_distributed")
+
 WORKER = Path(__file__).resolve().parent.parent / "_distributed_worker.py"
 HARD_TIMEOUT = 90.0
 VOCAB = 13
