@@ -170,9 +170,6 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     return (loss, lse) if return_lse else loss
 
 
-_FAST_DTYPES = (torch.float32, torch.bfloat16)  # the compiled kernel's
-
-
 def _fast_lane(input, target, ignore_index, reduction, label_smoothing, z_loss, temperature):
     """The loss of the commonest call, or None for the general path: eager, on the CPU, float32 or
     bfloat16 (N, C), (C,) or contiguous (N, C, d...) logits, int64 class indices, no class weights, no
@@ -183,7 +180,7 @@ def _fast_lane(input, target, ignore_index, reduction, label_smoothing, z_loss, 
     if (torch.compiler.is_compiling() or type(input) is not torch.Tensor or type(target) is not torch.Tensor
             or torch._C._are_functorch_transforms_active()):
         return None
-    if not (input.is_cpu and input.dtype in _FAST_DTYPES and target.dtype == torch.int64
+    if not (input.is_cpu and input.dtype in torch_cpu.COMPILED_DTYPES and target.dtype == torch.int64
             and input.layout == torch.strided and not torch.is_autocast_enabled("cpu")):
         return None
     dim = input.dim()

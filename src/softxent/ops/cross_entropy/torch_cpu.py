@@ -113,11 +113,11 @@ def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch
     return kernel.finish(losses, lse)
 
 
-_COMPILED_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # cpu_rows.c's dtype codes
+COMPILED_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # cpu_rows.c's dtype codes
 
 
 def _compiled_kernel_takes(logits, target, options: LossOptions, grad_out) -> bool:
-    return (_cpu_rows is not None and logits.device.type == "cpu" and logits.dtype in _COMPILED_DTYPES
+    return (_cpu_rows is not None and logits.device.type == "cpu" and logits.dtype in COMPILED_DTYPES
             and not target.dtype.is_floating_point and options.softcap is None
             and (grad_out is None or grad_out.dtype == logits.dtype))
 
@@ -147,7 +147,7 @@ def _compiled_rows(logits, target, weight, options: LossOptions, grad_scale, gra
 
 def compiled_kernel_takes(logits: torch.Tensor, options: LossOptions) -> bool:
     """Whether `lean_rows` can run these logits (class-index targets assumed)."""
-    return (_cpu_rows is not None and logits.device.type == "cpu" and logits.dtype in _COMPILED_DTYPES
+    return (_cpu_rows is not None and logits.device.type == "cpu" and logits.dtype in COMPILED_DTYPES
             and options.softcap is None)
 
 
@@ -206,7 +206,7 @@ def lean_rows(logits, labels, options: LossOptions, grad_scale: float, want_grad
     losses = torch.empty(num_rows, dtype=torch.float32) if per_row else None
     lse = torch.empty(num_rows, dtype=torch.float32) if want_lse else None
     arguments = (
-        logits.data_ptr(), _COMPILED_DTYPES[logits.dtype], *layout, labels.data_ptr(), ignore_index, target_coef,
+        logits.data_ptr(), COMPILED_DTYPES[logits.dtype], *layout, labels.data_ptr(), ignore_index, target_coef,
         uniform_coef, total_coef, z_loss, temperature, smoothing, grad_scale * inverse_temperature, grad_address,
         *grad_strides, 0 if losses is None else losses.data_ptr(), 0 if lse is None else lse.data_ptr())
     if num_rows * num_classes <= COMPILED_SPAN_ELEMENTS:  # one span, here: no hand-off
@@ -242,7 +242,7 @@ def _run_compiled(logits, coefficients, row_scale, coef_stride: int, w, options:
     num_rows, num_classes, row_stride, class_stride, per_sample, sample_stride = _layout(logits)
     grad_layout = (0,) * 6 if grad_out is None else _layout(grad_out)
     special = torch.empty(num_rows, dtype=torch.uint8)
-    dtype_code = _COMPILED_DTYPES[logits.dtype]
+    dtype_code = COMPILED_DTYPES[logits.dtype]
     labels = coefficients.safe.contiguous()
     address = lambda tensor: 0 if tensor is None else tensor.data_ptr()  # noqa: E731
     arguments = (
